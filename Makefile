@@ -1,0 +1,51 @@
+# homelab: build, install (DESTDIR, PREFIX), test, demo, bench.
+PREFIX ?= /usr
+DESTDIR ?=
+BINDIR := $(PREFIX)/bin
+UNITDIR := $(PREFIX)/lib/systemd/system
+SYSUSERSDIR := $(PREFIX)/lib/sysusers.d
+TMPFILESDIR := $(PREFIX)/lib/tmpfiles.d
+POLKITDIR := $(PREFIX)/share/polkit-1/rules.d
+DOCDIR := $(PREFIX)/share/doc/homelab
+LOGROTATEDIR := /etc/logrotate.d
+CARGO ?= cargo
+
+BINARIES := shutdown-service inference-service
+
+.PHONY: all build install test e2e demo demo-stop bench clean
+
+all: build
+
+build:
+	$(CARGO) build --release --locked
+
+install: build
+	install -D -m 755 -t $(DESTDIR)$(BINDIR) $(addprefix target/release/,$(BINARIES))
+	install -d $(DESTDIR)$(UNITDIR)
+	for f in systemd/*; do sed 's|@bindir@|$(BINDIR)|g' "$$f" > "$(DESTDIR)$(UNITDIR)/$${f#systemd/}"; chmod 644 "$(DESTDIR)$(UNITDIR)/$${f#systemd/}"; done
+	install -D -m 644 -t $(DESTDIR)$(SYSUSERSDIR) sysusers.d/*.conf
+	install -D -m 644 -t $(DESTDIR)$(TMPFILESDIR) tmpfiles.d/*.conf
+	install -D -m 644 -t $(DESTDIR)$(DOCDIR) README.md
+	@# On a live system (no DESTDIR) apply users and directories now, as a package's postinst would.
+	if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then \
+		systemd-sysusers && systemd-tmpfiles --create && systemctl daemon-reload; fi
+
+# The README's one test command: formatting, lints, unit tests, then the e2e suite on booted systemd.
+test:
+	bash tests/run.sh
+
+# Only the e2e suite (as root); pass FILTER=name to run some cases.
+e2e: build
+	$(CARGO) test --release --locked --test e2e -- $(FILTER)
+
+demo:
+	bash tests/e2e/demo.sh start
+
+demo-stop:
+	bash tests/e2e/demo.sh stop
+
+bench:
+	bash benches/run.sh
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,426 @@
+//! The socket-activated HTTP core both services share: request/response types, routing, JSON errors.
+//!
+//! A service is a [`Service`]: a pure function from a parsed [`Request`] to a [`Response`], so its
+//! logic is tested in-process; [`server`] puts it behind tiny_http and systemd's socket.
+
+pub mod server;
+
+use serde_json::{Value, json};
+use std::fmt;
+
+/// Largest request body we read; a larger one gets 413 before its body is read.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// HTTP methods the services route on; anything else is answered with 405.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Head,
+    Post,
+    Put,
+    Delete,
+    Patch,
+    Options,
+    Other,
+}
+
+impl Method {
+    pub fn parse(s: &str) -> Method {
+        match s {
+            "GET" => Method::Get,
+            "HEAD" => Method::Head,
+            "POST" => Method::Post,
+            "PUT" => Method::Put,
+            "DELETE" => Method::Delete,
+            "PATCH" => Method::Patch,
+            "OPTIONS" => Method::Options,
+            _ => Method::Other,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Head => "HEAD",
+            Method::Post => "POST",
+            Method::Put => "PUT",
+            Method::Delete => "DELETE",
+            Method::Patch => "PATCH",
+            Method::Options => "OPTIONS",
+            Method::Other => "OTHER",
+        }
+    }
+}
+
+/// A request as a service sees it: already bounded in size, independent of the HTTP library.
+#[derive(Clone, Debug)]
+pub struct Request {
+    pub method: Method,
+    /// Path without the query string, as sent (not percent-decoded).
+    pub path: String,
+    pub query: String,
+    /// Header names lower-cased.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Request {
+    /// A request with no headers and no body, for tests and internal callers.
+    pub fn new(method: Method, target: &str) -> Request {
+        let (path, query) = target.split_once('?').unwrap_or((target, ""));
+        Request {
+            method,
+            path: path.to_string(),
+            query: query.to_string(),
+            headers: Vec::new(),
+            body: Vec::new(),
+        }
+    }
+
+    pub fn with_header(mut self, name: &str, value: &str) -> Request {
+        self.headers
+            .push((name.to_ascii_lowercase(), value.to_string()));
+        self
+    }
+
+    pub fn with_body(mut self, body: impl Into<Vec<u8>>) -> Request {
+        self.body = body.into();
+        self
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as a JSON object; an empty body is an empty object (as the original's clients send).
+    pub fn json_object(&self) -> Result<serde_json::Map<String, Value>, ApiError> {
+        if self.body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(serde_json::Map::new());
+        }
+        match serde_json::from_slice::<Value>(&self.body) {
+            Ok(Value::Object(map)) => Ok(map),
+            Ok(other) => Err(ApiError::bad_request(format!(
+                "the request body must be a JSON object, not {}: send e.g. {{\"minutes\": 5}}",
+                json_type_name(&other)
+            ))),
+            Err(e) => Err(ApiError::bad_request(format!(
+                "the request body is not valid JSON ({e}): send a JSON object"
+            ))),
+        }
+    }
+}
+
+/// Names a JSON value's type the way an error message should.
+pub fn json_type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// A JSON response.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Response {
+    pub status: u16,
+    pub body: Value,
+    /// Extra headers (e.g. `Allow` on 405, `WWW-Authenticate` on 401).
+    pub headers: Vec<(&'static str, String)>,
+}
+
+impl Response {
+    pub fn ok(body: Value) -> Response {
+        Response::with_status(200, body)
+    }
+
+    pub fn with_status(status: u16, body: Value) -> Response {
+        Response {
+            status,
+            body,
+            headers: Vec::new(),
+        }
+    }
+}
+
+/// An error a client caused or must know about; becomes `{"status":"error","message":...}`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ApiError {
+    pub status: u16,
+    pub message: String,
+    /// Extra fields merged into the error object (e.g. the existing schedule on 409).
+    pub extra: Option<serde_json::Map<String, Value>>,
+    pub headers: Vec<(&'static str, String)>,
+}
+
+impl ApiError {
+    pub fn new(status: u16, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+            extra: None,
+            headers: Vec::new(),
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(400, message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError::new(404, message)
+    }
+
+    pub fn with_extra(mut self, key: &str, value: Value) -> ApiError {
+        self.extra
+            .get_or_insert_with(serde_json::Map::new)
+            .insert(key.to_string(), value);
+        self
+    }
+
+    pub fn with_header(mut self, name: &'static str, value: String) -> ApiError {
+        self.headers.push((name, value));
+        self
+    }
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.status, self.message)
+    }
+}
+
+impl From<ApiError> for Response {
+    fn from(e: ApiError) -> Response {
+        let mut body = json!({"status": "error", "message": e.message});
+        if let (Some(extra), Value::Object(map)) = (e.extra, &mut body) {
+            map.extend(extra);
+        }
+        Response {
+            status: e.status,
+            body,
+            headers: e.headers,
+        }
+    }
+}
+
+/// What a service is: a name for logs and a handler. Handlers must not panic on any input.
+pub trait Service: Send + Sync {
+    /// The human-readable name reported by `/health`.
+    fn name(&self) -> &'static str;
+    fn handle(&self, req: &Request) -> Response;
+}
+
+/// Result of matching a request against a route table.
+#[derive(Debug, PartialEq)]
+pub enum RouteMatch<'a, R> {
+    Found(R, Vec<&'a str>),
+    /// The path exists but not for this method; carries the methods it has (for `Allow:`).
+    MethodNotAllowed(Vec<Method>),
+    NotFound,
+}
+
+/// Matches `path` against patterns such as `/models/{}/start`, where `{}` is one non-empty segment.
+/// Returns the route's tag and the captured segments.
+pub fn route<'a, R: Copy>(
+    routes: &[(Method, &str, R)],
+    method: Method,
+    path: &'a str,
+) -> RouteMatch<'a, R> {
+    let mut allowed = Vec::new();
+    for &(m, pattern, tag) in routes {
+        if let Some(captures) = match_pattern(pattern, path) {
+            // HEAD is answered wherever GET is.
+            if m == method || (method == Method::Head && m == Method::Get) {
+                return RouteMatch::Found(tag, captures);
+            }
+            if !allowed.contains(&m) {
+                allowed.push(m);
+            }
+        }
+    }
+    if allowed.is_empty() {
+        RouteMatch::NotFound
+    } else {
+        RouteMatch::MethodNotAllowed(allowed)
+    }
+}
+
+fn match_pattern<'a>(pattern: &str, path: &'a str) -> Option<Vec<&'a str>> {
+    // A trailing slash is the same resource, as Flask's clients may send either.
+    let path = if path.len() > 1 {
+        path.strip_suffix('/').unwrap_or(path)
+    } else {
+        path
+    };
+    let mut captures = Vec::new();
+    let mut p = pattern.split('/');
+    let mut s = path.split('/');
+    loop {
+        match (p.next(), s.next()) {
+            (None, None) => return Some(captures),
+            (Some("{}"), Some(seg)) if !seg.is_empty() => captures.push(seg),
+            (Some(a), Some(b)) if a == b => {}
+            _ => return None,
+        }
+    }
+}
+
+/// The standard answer when [`route`] finds nothing.
+pub fn route_error<R>(m: RouteMatch<'_, R>, method: Method, path: &str) -> Response {
+    match m {
+        RouteMatch::Found(..) => unreachable!("route_error called on a match"),
+        RouteMatch::MethodNotAllowed(allowed) => {
+            let names: Vec<&str> = allowed.iter().map(|m| m.as_str()).collect();
+            ApiError::new(
+                405,
+                format!(
+                    "method {} is not allowed on {path}: use {}",
+                    method.as_str(),
+                    names.join(", ")
+                ),
+            )
+            .with_header("Allow", names.join(", "))
+            .into()
+        }
+        RouteMatch::NotFound => ApiError::not_found(format!(
+            "no such endpoint: {} {path}; GET / lists the endpoints",
+            method.as_str()
+        ))
+        .into(),
+    }
+}
+
+/// Percent-decodes one path segment; rejects invalid UTF-8 and malformed escapes.
+pub fn percent_decode(segment: &str) -> Result<String, ApiError> {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!("malformed percent-escape in {segment:?}"))
+                })?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out)
+        .map_err(|_| ApiError::bad_request(format!("{segment:?} is not UTF-8 once decoded")))
+}
+
+/// `GET /health`, the same on every service.
+pub fn health(service: &dyn Service) -> Response {
+    Response::ok(json!({
+        "status": "healthy",
+        "service": service.name(),
+        "timestamp": crate::time::now_rfc3339(),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ROUTES: &[(Method, &str, u8)] = &[
+        (Method::Get, "/", 0),
+        (Method::Get, "/health", 1),
+        (Method::Post, "/models/{}/start", 2),
+        (Method::Get, "/models/{}", 3),
+    ];
+
+    #[test]
+    fn routes_match_exact_paths_and_captures() {
+        assert_eq!(
+            route(ROUTES, Method::Get, "/"),
+            RouteMatch::Found(0, vec![])
+        );
+        assert_eq!(
+            route(ROUTES, Method::Get, "/health/"),
+            RouteMatch::Found(1, vec![])
+        );
+        assert_eq!(
+            route(ROUTES, Method::Post, "/models/llama/start"),
+            RouteMatch::Found(2, vec!["llama"])
+        );
+        assert_eq!(
+            route(ROUTES, Method::Head, "/models/x"),
+            RouteMatch::Found(3, vec!["x"])
+        );
+    }
+
+    #[test]
+    fn unknown_paths_are_not_found_and_wrong_methods_not_allowed() {
+        assert_eq!(route(ROUTES, Method::Get, "/nope"), RouteMatch::NotFound);
+        assert_eq!(
+            route(ROUTES, Method::Get, "/models//start"),
+            RouteMatch::NotFound
+        );
+        assert_eq!(
+            route(ROUTES, Method::Get, "/models/a/b/start"),
+            RouteMatch::NotFound
+        );
+        assert_eq!(
+            route(ROUTES, Method::Delete, "/health"),
+            RouteMatch::MethodNotAllowed(vec![Method::Get])
+        );
+        let r = route_error(
+            route(ROUTES, Method::Put, "/health"),
+            Method::Put,
+            "/health",
+        );
+        assert_eq!(r.status, 405);
+        assert_eq!(r.body["status"], "error");
+        assert_eq!(r.headers, vec![("Allow", "GET".to_string())]);
+        let r = route_error(route(ROUTES, Method::Get, "/x"), Method::Get, "/x");
+        assert_eq!(r.status, 404);
+        assert!(r.body["message"].as_str().unwrap().contains("/x"));
+    }
+
+    #[test]
+    fn json_bodies_must_be_objects() {
+        let req = |b: &str| Request::new(Method::Post, "/").with_body(b);
+        assert!(req("").json_object().unwrap().is_empty());
+        assert_eq!(
+            req(r#"{"minutes": 3}"#).json_object().unwrap()["minutes"],
+            3
+        );
+        for bad in ["{", "[1]", "3", "\"x\"", "null", "{\"a\":}"] {
+            let e = req(bad).json_object().unwrap_err();
+            assert_eq!(e.status, 400, "{bad}");
+        }
+    }
+
+    #[test]
+    fn errors_render_as_json_with_extras() {
+        let r: Response = ApiError::new(409, "busy")
+            .with_extra("existing", json!({"id": 1}))
+            .into();
+        assert_eq!(r.status, 409);
+        assert_eq!(
+            r.body,
+            json!({"status": "error", "message": "busy", "existing": {"id": 1}})
+        );
+    }
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("a%20b").unwrap(), "a b");
+        assert_eq!(percent_decode("%2e%2E%2fx").unwrap(), "../x");
+        assert!(percent_decode("%zz").is_err());
+        assert!(percent_decode("%e").is_err());
+        assert!(percent_decode("%ff").is_err());
+    }
+}

@@ -1,0 +1,12 @@
+//! homelab: systemd-native helpers for a home lab or research rig.
+//!
+//! systemd does the work; this library is the thin, validated glue: it parses, validates,
+//! decides and calls systemd. The binaries in `src/bin/` are thin wrappers around it.
+
+pub mod cli;
+pub mod http;
+pub mod inference;
+pub mod log;
+pub mod shutdown;
+pub mod systemd;
+pub mod time;
