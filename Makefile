@@ -10,7 +10,7 @@ DOCDIR := $(PREFIX)/share/doc/homelab
 LOGROTATEDIR := /etc/logrotate.d
 CARGO ?= cargo
 
-BINARIES := shutdown-service inference-service
+BINARIES := shutdown-service inference-service homelab-power-action
 
 .PHONY: all build install test e2e demo demo-stop bench clean
 
@@ -25,6 +25,7 @@ install: build
 	for f in systemd/*; do sed 's|@bindir@|$(BINDIR)|g' "$$f" > "$(DESTDIR)$(UNITDIR)/$${f#systemd/}"; chmod 644 "$(DESTDIR)$(UNITDIR)/$${f#systemd/}"; done
 	install -D -m 644 -t $(DESTDIR)$(SYSUSERSDIR) sysusers.d/*.conf
 	install -D -m 644 -t $(DESTDIR)$(TMPFILESDIR) tmpfiles.d/*.conf
+	install -D -m 644 -t $(DESTDIR)$(POLKITDIR) polkit/*.rules
 	install -D -m 644 -t $(DESTDIR)$(DOCDIR) README.md
 	@# On a live system (no DESTDIR) apply users and directories now, as a package's postinst would.
 	if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then \

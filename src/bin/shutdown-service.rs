@@ -1,12 +1,33 @@
 //! shutdown-service: schedules, lists and cancels shutdowns (port 5001, socket-activated).
 
-use homelab::shutdown::ShutdownService;
+use clap::Parser;
+use homelab::cli::{self, ServiceArgs};
+use homelab::shutdown;
 use std::process::ExitCode;
 
+/// Schedules, lists and cancels shutdowns as systemd timers; socket-activated on port 5001.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    #[command(flatten)]
+    service: ServiceArgs,
+    /// Start again the timers of the schedules in the state file and exit; one-off times that
+    /// have passed are dropped (run at boot by homelab-shutdown-restore.service)
+    #[arg(long)]
+    restore: bool,
+}
+
 fn main() -> ExitCode {
-    homelab::cli::run_service(
-        "Schedules, lists and cancels shutdowns as systemd timers; socket-activated on port 5001",
-        "shutdown-service.socket",
-        || Ok(ShutdownService),
-    )
+    let args = Args::parse();
+    cli::run(|| {
+        if args.restore {
+            shutdown::restore(&shutdown::state::StateStore::new(None))
+        } else {
+            cli::serve(
+                &args.service,
+                "shutdown-service.socket",
+                shutdown::from_environment,
+            )
+        }
+    })
 }

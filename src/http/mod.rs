@@ -3,6 +3,7 @@
 //! A service is a [`Service`]: a pure function from a parsed [`Request`] to a [`Response`], so its
 //! logic is tested in-process; [`server`] puts it behind tiny_http and systemd's socket.
 
+pub mod auth;
 pub mod server;
 
 use serde_json::{Value, json};

@@ -1,7 +1,24 @@
 //! The shutdown service (port 5001): scheduled shutdowns as systemd timers.
+//!
+//! `POST /shutdown/schedule` starts `homelab-shutdown@<calendar>.timer` (polkit lets user `abc`
+//! start and stop exactly those); the timer triggers the root-owned `homelab-poweroff@.service`.
+//! What is pending is what systemd has, joined with the state file.
 
-use crate::http::{self, Method, Request, Response, RouteMatch, Service};
-use serde_json::json;
+pub mod config;
+pub mod schedule;
+pub mod state;
+pub mod system;
+
+use crate::http::auth::Auth;
+use crate::http::{self, ApiError, Method, Request, Response, RouteMatch, Service};
+use crate::systemd::dbus::{self, SystemdError};
+use crate::{log_info, log_warn};
+use chrono::Local;
+use config::Config;
+use schedule::{Kind, Pending, Stored};
+use serde_json::{Value, json};
+use state::StateStore;
+use std::sync::Mutex;
 
 pub const SERVICE_NAME: &str = "Shutdown Service";
 
@@ -9,14 +26,295 @@ pub const SERVICE_NAME: &str = "Shutdown Service";
 enum Route {
     Index,
     Health,
+    Schedule,
+    Next,
+    Status,
+    Cancel,
+    System,
+    Schedules,
+    DeleteSchedule,
 }
 
 const ROUTES: &[(Method, &str, Route)] = &[
     (Method::Get, "/", Route::Index),
     (Method::Get, "/health", Route::Health),
+    (Method::Post, "/shutdown/schedule", Route::Schedule),
+    (Method::Get, "/shutdown/next", Route::Next),
+    (Method::Get, "/shutdown/status", Route::Status),
+    (Method::Post, "/shutdown/cancel", Route::Cancel),
+    (Method::Get, "/shutdown/system", Route::System),
+    (Method::Get, "/shutdown/schedules", Route::Schedules),
+    (
+        Method::Delete,
+        "/shutdown/schedules/{}",
+        Route::DeleteSchedule,
+    ),
 ];
 
-pub struct ShutdownService;
+pub struct ShutdownService {
+    config: Config,
+    auth: Auth,
+    store: StateStore,
+    /// Serialises every read-modify-write of schedules: with it, concurrent requests cannot
+    /// create two one-off shutdowns, and a listing never prunes a schedule being created.
+    lock: Mutex<()>,
+}
+
+impl ShutdownService {
+    pub fn new(config: Config, auth: Auth, store: StateStore) -> ShutdownService {
+        ShutdownService {
+            config,
+            auth,
+            store,
+            lock: Mutex::new(()),
+        }
+    }
+
+    fn guard(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.lock.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Pending schedules, soonest first: systemd's waiting timers (one call for all), joined with
+    /// the state file. State entries systemd no longer has are dropped. Call with the lock held.
+    fn pending(&self) -> Result<Vec<Pending>, ApiError> {
+        let units = dbus::list_units(&[schedule::TIMER_PATTERN]).map_err(systemd_error)?;
+        let mut pending = Vec::new();
+        for (name, _, _, active, sub, _, path, ..) in units {
+            if active != "active" || sub != "waiting" {
+                continue;
+            }
+            let Some(calendar) = schedule::calendar_of(&name) else {
+                continue;
+            };
+            let next = match schedule::one_off_usec(&calendar) {
+                Some(usec) => usec,
+                None => dbus::timer_next_elapse(&path).map_err(systemd_error)?,
+            };
+            pending.push(Pending {
+                unit: name,
+                calendar,
+                next_elapse_usec: next,
+                stored: None,
+            });
+        }
+        let state = self
+            .store
+            .update(|s| {
+                s.schedules
+                    .retain(|unit, _| pending.iter().any(|p| &p.unit == unit))
+            })
+            .map_err(internal)?;
+        for p in &mut pending {
+            p.stored = state.schedules.get(&p.unit).cloned();
+        }
+        pending.sort_by_key(|p| p.next_elapse_usec);
+        Ok(pending)
+    }
+
+    fn schedule(&self, req: &Request) -> Result<Response, ApiError> {
+        let now = Local::now();
+        let request =
+            schedule::parse_request(&req.json_object()?, self.config.default_minutes, now)?;
+        if request.kind() == Kind::Recurring {
+            check_calendar(&request.calendar)?;
+        }
+        let _guard = self.guard();
+        let pending = self.pending()?;
+        let unit = request.unit();
+        if let Some(same) = pending.iter().find(|p| p.unit == unit) {
+            return Err(ApiError::new(
+                409,
+                format!("this shutdown is already scheduled ({})", same.calendar),
+            )
+            .with_extra("existing", same.entry(now)));
+        }
+        let replaced: Vec<&Pending> = pending
+            .iter()
+            .filter(|p| p.kind() == Kind::OneOff)
+            .collect();
+        if request.kind() == Kind::OneOff
+            && let Some(existing) = replaced.first()
+            && !request.replace
+        {
+            let when = existing.entry(now)["scheduled_time"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            return Err(ApiError::new(
+                409,
+                format!("a one-off shutdown is already scheduled for {when}: cancel it first, or send \"replace\": true"),
+            )
+            .with_extra("existing", existing.entry(now)));
+        }
+        // Record first: the power-action runner reads the action from here when the timer fires.
+        let stored = Stored {
+            calendar: request.calendar.clone(),
+            action: request.action,
+            created_at: crate::time::rfc3339(&now),
+            minutes: request.minutes,
+        };
+        self.store
+            .update(|s| {
+                s.schedules.insert(unit.clone(), stored.clone());
+            })
+            .map_err(internal)?;
+        if let Err(e) = dbus::start_unit_and_wait(&unit) {
+            let _ = self.store.update(|s| {
+                s.schedules.remove(&unit);
+            });
+            return Err(systemd_error(e));
+        }
+        if request.kind() == Kind::OneOff {
+            for old in replaced {
+                self.stop(&old.unit)?;
+            }
+        }
+        let created = self
+            .pending()?
+            .into_iter()
+            .find(|p| p.unit == unit)
+            .ok_or_else(|| {
+                ApiError::new(
+                    502,
+                    format!(
+                        "systemd started {unit} but it has no future elapse: check its calendar"
+                    ),
+                )
+            })?;
+        log_info!(
+            "scheduled {} at {} ({unit})",
+            request.action.as_str(),
+            created.calendar
+        );
+        let entry = created.entry(now);
+        let mut body = json!({
+            "status": "success",
+            "message": format!("Shutdown scheduled for {}", entry["scheduled_time"].as_str().unwrap_or_default()),
+            "shutdown": entry.clone(),
+        });
+        merge(&mut body, &entry);
+        Ok(Response::ok(body))
+    }
+
+    /// Stops a timer and forgets it. Call with the lock held.
+    fn stop(&self, unit: &str) -> Result<(), ApiError> {
+        dbus::manager()
+            .and_then(|m| Ok(m.stop_unit(unit, "replace")?))
+            .map_err(systemd_error)?;
+        self.store
+            .update(|s| {
+                s.schedules.remove(unit);
+            })
+            .map_err(internal)?;
+        log_info!("cancelled {unit}");
+        Ok(())
+    }
+
+    fn cancel(&self, which: Option<&str>) -> Result<Response, ApiError> {
+        let now = Local::now();
+        let _guard = self.guard();
+        let pending = self.pending()?;
+        let target = match which {
+            None => pending
+                .first()
+                .ok_or_else(|| ApiError::not_found("No shutdown scheduled"))?,
+            Some(id) => pending.iter().find(|p| p.id() == id).ok_or_else(|| {
+                ApiError::not_found(format!(
+                    "no pending schedule has id {id}: GET /shutdown/schedules lists them"
+                ))
+            })?,
+        };
+        self.stop(&target.unit)?;
+        Ok(Response::ok(json!({
+            "status": "success",
+            "message": "Shutdown cancelled successfully",
+            "cancelled_shutdown": target.entry(now),
+        })))
+    }
+
+    fn next(&self) -> Result<Response, ApiError> {
+        let now = Local::now();
+        let pending = {
+            let _guard = self.guard();
+            self.pending()?
+        };
+        Ok(Response::ok(match pending.first() {
+            Some(p) => json!({"status": "success", "shutdown": p.entry(now)}),
+            None => json!({"status": "success", "message": "No shutdown scheduled"}),
+        }))
+    }
+
+    fn status(&self) -> Result<Response, ApiError> {
+        let now = Local::now();
+        let pending = {
+            let _guard = self.guard();
+            self.pending()?
+        };
+        Ok(Response::ok(json!({
+            "status": "success",
+            "has_shutdown": !pending.is_empty(),
+            "next_shutdown": pending.first().map(|p| p.entry(now)),
+        })))
+    }
+
+    fn schedules(&self) -> Result<Response, ApiError> {
+        let now = Local::now();
+        let pending = {
+            let _guard = self.guard();
+            self.pending()?
+        };
+        let list: Vec<Value> = pending.iter().map(|p| p.entry(now)).collect();
+        Ok(Response::ok(
+            json!({"status": "success", "count": list.len(), "schedules": list}),
+        ))
+    }
+
+    fn system(&self) -> Result<Response, ApiError> {
+        let now = Local::now();
+        let pending = {
+            let _guard = self.guard();
+            self.pending()?
+        };
+        let mut body = system::report();
+        merge(
+            &mut body,
+            &json!({
+                "status": "success",
+                "timestamp": crate::time::rfc3339(&now),
+                "pending_schedules": pending.iter().map(|p| p.entry(now)).collect::<Vec<_>>(),
+                "service_config": self.config_json(),
+            }),
+        );
+        Ok(Response::ok(body))
+    }
+
+    fn config_json(&self) -> Value {
+        json!({
+            "default_minutes": self.config.default_minutes,
+            "auth_enabled": self.auth.enabled(),
+            "config_file": self.config.path,
+            "state_file": self.store.path(),
+        })
+    }
+
+    fn index(&self) -> Response {
+        Response::ok(json!({
+            "service": SERVICE_NAME,
+            "endpoints": {
+                "GET /": "this list",
+                "GET /health": "service health",
+                "POST /shutdown/schedule": "schedule a shutdown: {\"minutes\": N} | {\"at\": RFC 3339} | {\"calendar\": \"Mon..Fri 23:00\"}, optional \"action\": \"poweroff\"|\"reboot\", \"replace\": true (token)",
+                "GET /shutdown/next": "the next shutdown due",
+                "GET /shutdown/status": "whether a shutdown is pending",
+                "POST /shutdown/cancel": "cancel the next shutdown due (token)",
+                "GET /shutdown/schedules": "every pending schedule",
+                "DELETE /shutdown/schedules/{id}": "cancel one schedule (token)",
+                "GET /shutdown/system": "uptime, load, memory, temperatures, pending schedules",
+            },
+            "config": self.config_json(),
+        }))
+    }
+}
 
 impl Service for ShutdownService {
     fn name(&self) -> &'static str {
@@ -24,13 +322,188 @@ impl Service for ShutdownService {
     }
 
     fn handle(&self, req: &Request) -> Response {
-        match http::route(ROUTES, req.method, &req.path) {
-            RouteMatch::Found(Route::Index, _) => Response::ok(json!({
-                "service": SERVICE_NAME,
-                "endpoints": {"GET /health": "service health"},
-            })),
-            RouteMatch::Found(Route::Health, _) => http::health(self),
-            other => http::route_error(other, req.method, &req.path),
+        let (route, captures) = match http::route(ROUTES, req.method, &req.path) {
+            RouteMatch::Found(route, captures) => (route, captures),
+            other => return http::route_error(other, req.method, &req.path),
+        };
+        if matches!(req.method, Method::Post | Method::Delete)
+            && let Err(e) = self.auth.check(req)
+        {
+            return e.into();
         }
+        let result = match route {
+            Route::Index => Ok(self.index()),
+            Route::Health => Ok(http::health(self)),
+            Route::Schedule => self.schedule(req),
+            Route::Next => self.next(),
+            Route::Status => self.status(),
+            Route::Cancel => self.cancel(None),
+            Route::System => self.system(),
+            Route::Schedules => self.schedules(),
+            Route::DeleteSchedule => valid_id(captures[0]).and_then(|id| self.cancel(Some(id))),
+        };
+        result.unwrap_or_else(Response::from)
+    }
+}
+
+fn valid_id(id: &str) -> Result<&str, ApiError> {
+    if id.len() == 16
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    {
+        Ok(id)
+    } else {
+        Err(ApiError::bad_request(
+            "a schedule id is 16 lower-case hex digits: GET /shutdown/schedules lists them",
+        ))
+    }
+}
+
+fn merge(into: &mut Value, from: &Value) {
+    if let (Value::Object(a), Value::Object(b)) = (into, from) {
+        for (k, v) in b {
+            a.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+    }
+}
+
+fn systemd_error(e: SystemdError) -> ApiError {
+    let hint = match e {
+        SystemdError::Denied(_) => {
+            ": the polkit rule for user abc (50-homelab.rules) is missing or does not match"
+        }
+        _ => "",
+    };
+    ApiError::new(502, format!("{e}{hint}"))
+}
+
+fn internal(e: anyhow::Error) -> ApiError {
+    crate::log_err!("{e:#}");
+    ApiError::new(500, format!("{e:#}"))
+}
+
+/// Asks systemd's own calendar parser (`systemd-analyze calendar`) whether `expr` is valid and
+/// elapses again; its message is the one the client sees.
+fn check_calendar(expr: &str) -> Result<(), ApiError> {
+    let out = std::process::Command::new("systemd-analyze")
+        .args(["calendar", "--iterations=1", "--", expr])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| {
+            ApiError::new(
+                500,
+                format!("cannot run systemd-analyze to check the calendar expression: {e}"),
+            )
+        })?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        let why = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        return Err(ApiError::bad_request(format!(
+            "\"calendar\" is not a systemd calendar expression ({why}): send e.g. \"Mon..Fri 23:00\" or \"*-*-* 02:30\" (see man systemd.time)"
+        )));
+    }
+    if stdout
+        .lines()
+        .any(|l| l.trim_start().starts_with("Next elapse:") && l.contains("never"))
+    {
+        return Err(ApiError::bad_request(format!(
+            "\"calendar\" {expr:?} never elapses again: send an expression with a future time"
+        )));
+    }
+    Ok(())
+}
+
+/// At boot (`shutdown-service --restore`, from homelab-shutdown-restore.service): starts again the
+/// timers of every schedule in the state file, except one-off times that passed while the
+/// machine was off: those are dropped with a log line and never acted on.
+pub fn restore(store: &StateStore) -> anyhow::Result<()> {
+    let now = Local::now().timestamp() as u64 * 1_000_000;
+    let state = store.load();
+    let manager = dbus::manager()?;
+    let mut keep = state.clone();
+    for (unit, stored) in &state.schedules {
+        if schedule::one_off_usec(&stored.calendar).is_some_and(|t| t <= now) {
+            log_warn!(
+                "dropping the one-off {} scheduled for {}: it passed while the machine was off",
+                stored.action.as_str(),
+                stored.calendar
+            );
+            keep.schedules.remove(unit);
+            continue;
+        }
+        match manager.start_unit(unit, "replace") {
+            Ok(_) => log_info!(
+                "restored {} schedule {} ({unit})",
+                stored.action.as_str(),
+                stored.calendar
+            ),
+            Err(e) => {
+                log_warn!("could not restore {unit}: {}", SystemdError::from(e));
+                keep.schedules.remove(unit);
+            }
+        }
+    }
+    if keep != state {
+        store.save(&keep)?;
+    }
+    Ok(())
+}
+
+/// Builds the service from its configuration file and credential.
+pub fn from_environment() -> anyhow::Result<ShutdownService> {
+    let config = Config::load()?;
+    let auth = Auth::load(config.auth_enabled)?;
+    Ok(ShutdownService::new(config, auth, StateStore::new(None)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule_ids_must_look_like_ids() {
+        assert!(valid_id("0123456789abcdef").is_ok());
+        for bad in [
+            "0123456789ABCDEF",
+            "../x",
+            "a*",
+            "0123456789abcde",
+            "0123456789abcdefg",
+            "x.service",
+        ] {
+            assert_eq!(valid_id(bad).unwrap_err().status, 400, "{bad}");
+        }
+    }
+
+    #[test]
+    fn mutating_routes_need_the_token_before_anything_else() {
+        let dir = std::env::temp_dir().join(format!("homelab-auth-{}", std::process::id()));
+        let svc = ShutdownService::new(
+            Config::default(),
+            Auth::from_token("0123456789abcdef0123").unwrap(),
+            StateStore::new(Some(&dir)),
+        );
+        for (m, path) in [
+            (Method::Post, "/shutdown/schedule"),
+            (Method::Post, "/shutdown/cancel"),
+            (Method::Delete, "/shutdown/schedules/x"),
+        ] {
+            let r = svc.handle(&Request::new(m, path).with_body("{not json"));
+            assert_eq!(r.status, 401, "{path}");
+        }
+        // Validation comes before systemd is asked anything.
+        let r = svc.handle(
+            &Request::new(Method::Post, "/shutdown/schedule")
+                .with_header("Authorization", "Bearer 0123456789abcdef0123")
+                .with_body(r#"{"minutes": -1}"#),
+        );
+        assert_eq!(r.status, 400);
+        let r = svc.handle(
+            &Request::new(Method::Delete, "/shutdown/schedules/..%2Fx")
+                .with_header("Authorization", "Bearer 0123456789abcdef0123"),
+        );
+        assert_eq!(r.status, 400);
+        assert!(!dir.exists(), "nothing was written");
     }
 }

@@ -1,6 +1,8 @@
 //! Everything that talks to systemd: socket activation, sd_notify, unit-name escaping, D-Bus.
 
 pub mod activation;
+pub mod dbus;
+pub mod escape;
 
 pub use activation::listener;
 

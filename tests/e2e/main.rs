@@ -1,9 +1,15 @@
 //! End-to-end suite: every case runs against a booted systemd (Debian's, in systemd-nspawn), from
-//! outside, as a user would. `cargo test --test e2e [FILTER...]`, as root; see tests/e2e/README.md.
+//! outside, as a user would. `cargo test --release --test e2e [FILTER...]`, as root.
 
 mod harness;
 mod platform;
+mod shutdown;
 
 fn main() -> std::process::ExitCode {
-    harness::run(&[platform::GROUP])
+    harness::run(&[
+        platform::GROUP,
+        shutdown::GROUP,
+        shutdown::POWER_GROUP,
+        shutdown::REBOOT_GROUP,
+    ])
 }

@@ -1,0 +1,427 @@
+//! Schedules: what a request asks for, the timer unit it becomes, and how an entry is shown.
+//!
+//! A schedule is a started instance of `homelab-shutdown@.timer` whose instance is the calendar
+//! expression (`@EPOCH` for a one-off time). systemd is the source of truth for what is pending.
+
+use crate::http::{ApiError, json_type_name};
+use crate::systemd::escape;
+use chrono::{DateTime, Local, TimeZone};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+pub const TIMER_TEMPLATE: &str = "homelab-shutdown@.timer";
+pub const TIMER_PATTERN: &str = "homelab-shutdown@*.timer";
+/// Longest delay a `minutes` request may ask for (a year).
+pub const MAX_MINUTES: u64 = 525_600;
+const MAX_CALENDAR_LEN: usize = 200;
+const FIELDS: &[&str] = &["minutes", "at", "calendar", "action", "replace"];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    #[default]
+    Poweroff,
+    Reboot,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Poweroff => "poweroff",
+            Action::Reboot => "reboot",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    OneOff,
+    Recurring,
+}
+
+impl Kind {
+    /// One-off schedules are `@EPOCH`; anything else is a recurring calendar expression.
+    pub fn of(calendar: &str) -> Kind {
+        if calendar.starts_with('@') {
+            Kind::OneOff
+        } else {
+            Kind::Recurring
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::OneOff => "one-off",
+            Kind::Recurring => "recurring",
+        }
+    }
+}
+
+/// A validated `POST /shutdown/schedule`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScheduleRequest {
+    /// The calendar expression the timer gets (`@EPOCH` for a one-off).
+    pub calendar: String,
+    pub action: Action,
+    pub replace: bool,
+    /// The `minutes` asked for, when the request gave minutes (or none, and got the default).
+    pub minutes: Option<u64>,
+}
+
+impl ScheduleRequest {
+    pub fn kind(&self) -> Kind {
+        Kind::of(&self.calendar)
+    }
+
+    pub fn unit(&self) -> String {
+        timer_unit(&self.calendar).expect("validated calendars fit a unit name")
+    }
+}
+
+/// The timer unit for a calendar expression; `None` when it cannot be one.
+pub fn timer_unit(calendar: &str) -> Option<String> {
+    escape::template_instance(TIMER_TEMPLATE, calendar)
+}
+
+/// The calendar expression of a timer unit of ours.
+pub fn calendar_of(unit: &str) -> Option<String> {
+    escape::unescape(escape::instance_of(unit, TIMER_TEMPLATE)?)
+}
+
+/// Validates a request body. Exactly one of `minutes`, `at`, `calendar` (none: `default_minutes`).
+/// `calendar` is only checked for shape here; systemd's parser has the last word.
+pub fn parse_request(
+    body: &Map<String, Value>,
+    default_minutes: u64,
+    now: DateTime<Local>,
+) -> Result<ScheduleRequest, ApiError> {
+    if let Some(unknown) = body.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+        return Err(ApiError::bad_request(format!(
+            "unknown field {unknown:?}: send one of \"minutes\", \"at\" or \"calendar\", optionally \"action\" and \"replace\""
+        )));
+    }
+    let given: Vec<&str> = ["minutes", "at", "calendar"]
+        .into_iter()
+        .filter(|k| body.contains_key(*k))
+        .collect();
+    if given.len() > 1 {
+        return Err(ApiError::bad_request(format!(
+            "{} were both given: send only one of \"minutes\", \"at\" or \"calendar\"",
+            given.join(" and ")
+        )));
+    }
+    let action = match body.get("action") {
+        None => Action::Poweroff,
+        Some(Value::String(s)) if s == "poweroff" => Action::Poweroff,
+        Some(Value::String(s)) if s == "reboot" => Action::Reboot,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "\"action\" is {}: use \"poweroff\" or \"reboot\"",
+                shown(other)
+            )));
+        }
+    };
+    let replace = match body.get("replace") {
+        None => false,
+        Some(Value::Bool(b)) => *b,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "\"replace\" is {}: use true or false",
+                shown(other)
+            )));
+        }
+    };
+    let (calendar, minutes) = if let Some(v) = body.get("calendar") {
+        (parse_calendar(v)?, None)
+    } else if let Some(v) = body.get("at") {
+        (format!("@{}", parse_at(v, now)?), None)
+    } else {
+        let minutes = match body.get("minutes") {
+            None => default_minutes,
+            Some(v) => parse_minutes(v)?,
+        };
+        (
+            format!("@{}", now.timestamp() + minutes as i64 * 60),
+            Some(minutes),
+        )
+    };
+    Ok(ScheduleRequest {
+        calendar,
+        action,
+        replace,
+        minutes,
+    })
+}
+
+fn shown(v: &Value) -> String {
+    match v {
+        Value::String(s) => format!("{:?}", s.chars().take(40).collect::<String>()),
+        other => json_type_name(other).to_string(),
+    }
+}
+
+fn parse_minutes(v: &Value) -> Result<u64, ApiError> {
+    match v.as_u64() {
+        Some(m) if (1..=MAX_MINUTES).contains(&m) => Ok(m),
+        _ => Err(ApiError::bad_request(format!(
+            "\"minutes\" is {}: send a whole number of minutes from 1 to {MAX_MINUTES}, e.g. {{\"minutes\": 30}}",
+            match v {
+                Value::Number(n) => n.to_string(),
+                other => shown(other),
+            }
+        ))),
+    }
+}
+
+fn parse_at(v: &Value, now: DateTime<Local>) -> Result<i64, ApiError> {
+    let Value::String(s) = v else {
+        return Err(ApiError::bad_request(format!(
+            "\"at\" is {}: send an RFC 3339 time such as \"2030-01-31T23:00:00+01:00\"",
+            shown(v)
+        )));
+    };
+    let t = DateTime::parse_from_rfc3339(s).map_err(|e| {
+        ApiError::bad_request(format!(
+            "\"at\" is not an RFC 3339 time with a time zone ({e}): send e.g. \"2030-01-31T23:00:00+01:00\""
+        ))
+    })?;
+    // Timers have whole seconds; round up, as a shutdown must never come before the time asked.
+    let secs = t.timestamp() + i64::from(t.timestamp_subsec_nanos() > 0);
+    if secs <= now.timestamp() {
+        return Err(ApiError::bad_request(format!(
+            "\"at\" {s} is in the past (now is {}): send a future time",
+            crate::time::rfc3339(&now)
+        )));
+    }
+    if secs > now.timestamp() + MAX_MINUTES as i64 * 60 {
+        return Err(ApiError::bad_request(format!(
+            "\"at\" {s} is more than a year ahead: send a nearer time"
+        )));
+    }
+    Ok(secs)
+}
+
+fn parse_calendar(v: &Value) -> Result<String, ApiError> {
+    let Value::String(s) = v else {
+        return Err(ApiError::bad_request(format!(
+            "\"calendar\" is {}: send a systemd calendar expression such as \"Mon..Fri 23:00\"",
+            shown(v)
+        )));
+    };
+    let s = s.trim();
+    if s.is_empty() || s.len() > MAX_CALENDAR_LEN {
+        return Err(ApiError::bad_request(format!(
+            "\"calendar\" must be 1 to {MAX_CALENDAR_LEN} characters: send e.g. \"Mon..Fri 23:00\""
+        )));
+    }
+    if s.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(
+            "\"calendar\" contains control characters: send e.g. \"Mon..Fri 23:00\"",
+        ));
+    }
+    if s.starts_with('@') {
+        return Err(ApiError::bad_request(
+            "\"calendar\" must not start with '@': for a one-off time send \"at\" or \"minutes\"",
+        ));
+    }
+    Ok(s.to_string())
+}
+
+/// What the state file remembers of a schedule beyond what systemd knows.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Stored {
+    pub calendar: String,
+    #[serde(default)]
+    pub action: Action,
+    pub created_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minutes: Option<u64>,
+}
+
+/// A schedule systemd has pending, joined with what the state file says about it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Pending {
+    pub unit: String,
+    pub calendar: String,
+    /// Microseconds since the epoch.
+    pub next_elapse_usec: u64,
+    pub stored: Option<Stored>,
+}
+
+impl Pending {
+    pub fn kind(&self) -> Kind {
+        Kind::of(&self.calendar)
+    }
+
+    /// The id clients use in `DELETE /shutdown/schedules/{id}`: stable, URL-safe, from the unit name.
+    pub fn id(&self) -> String {
+        schedule_id(&self.unit)
+    }
+
+    /// The entry the API shows: the original's fields (`scheduled_time`, `minutes_from_now`,
+    /// `created_at`) and ours.
+    pub fn entry(&self, now: DateTime<Local>) -> Value {
+        let next = local_from_usec(self.next_elapse_usec);
+        let seconds_left = next.map_or(0, |t| (t.timestamp() - now.timestamp()).max(0));
+        let next_str = next.map(|t| crate::time::rfc3339(&t));
+        json!({
+            "id": self.id(),
+            "unit": self.unit,
+            "kind": self.kind().as_str(),
+            "calendar": self.calendar,
+            "action": self.stored.as_ref().map_or(Action::Poweroff, |s| s.action).as_str(),
+            "scheduled_time": next_str,
+            "next_elapse": next_str,
+            "minutes_from_now": (seconds_left + 59) / 60,
+            "created_at": self.stored.as_ref().map(|s| s.created_at.clone()),
+        })
+    }
+}
+
+pub fn local_from_usec(usec: u64) -> Option<DateTime<Local>> {
+    if usec == 0 || usec == u64::MAX {
+        return None;
+    }
+    Local.timestamp_micros(i64::try_from(usec).ok()?).single()
+}
+
+/// The next elapse of a one-off calendar (`@EPOCH`), in microseconds; `None` for recurring ones.
+pub fn one_off_usec(calendar: &str) -> Option<u64> {
+    calendar
+        .strip_prefix('@')?
+        .parse::<u64>()
+        .ok()?
+        .checked_mul(1_000_000)
+}
+
+/// 64-bit FNV-1a of the unit name, in hex: short, URL-safe, the same in every process.
+pub fn schedule_id(unit: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in unit.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn now() -> DateTime<Local> {
+        Local.timestamp_opt(1_795_000_000, 0).unwrap()
+    }
+
+    fn parse(body: &str) -> Result<ScheduleRequest, ApiError> {
+        let map = match serde_json::from_str::<Value>(body).unwrap() {
+            Value::Object(m) => m,
+            _ => unreachable!(),
+        };
+        parse_request(&map, 1, now())
+    }
+
+    #[test]
+    fn minutes_become_a_one_off_epoch() {
+        let r = parse(r#"{"minutes": 30}"#).unwrap();
+        assert_eq!(r.calendar, "@1795001800");
+        assert_eq!(r.kind(), Kind::OneOff);
+        assert_eq!(r.minutes, Some(30));
+        assert_eq!(r.unit(), r"homelab-shutdown@\x401795001800.timer");
+        assert_eq!(
+            parse("{}").unwrap().calendar,
+            "@1795000060",
+            "default minutes"
+        );
+    }
+
+    #[test]
+    fn at_and_calendar_and_options() {
+        let r =
+            parse(r#"{"at": "2026-11-18T12:00:00+00:00", "action": "reboot", "replace": true}"#)
+                .unwrap();
+        assert_eq!(
+            r.calendar,
+            format!("@{}", 1_795_000_000 - 1_795_000_000 % 86400 + 43200)
+        );
+        assert_eq!((r.action, r.replace), (Action::Reboot, true));
+        let r = parse(r#"{"at": "2026-11-18T12:00:00.250+00:00"}"#).unwrap();
+        assert_eq!(
+            r.calendar,
+            format!("@{}", 1_795_000_000 - 1_795_000_000 % 86400 + 43201),
+            "rounded up"
+        );
+        let r = parse(r#"{"calendar": " Mon..Fri 23:00 "}"#).unwrap();
+        assert_eq!(
+            (r.calendar.as_str(), r.kind(), r.minutes),
+            ("Mon..Fri 23:00", Kind::Recurring, None)
+        );
+    }
+
+    #[test]
+    fn bad_requests_say_what_to_send() {
+        for (body, needle) in [
+            (r#"{"minutes": -5}"#, "whole number"),
+            (r#"{"minutes": 0}"#, "whole number"),
+            (r#"{"minutes": 1.5}"#, "whole number"),
+            (r#"{"minutes": "5"}"#, "whole number"),
+            (r#"{"minutes": 525601}"#, "whole number"),
+            (r#"{"minutes": null}"#, "whole number"),
+            (r#"{"at": "tomorrow"}"#, "RFC 3339"),
+            (r#"{"at": "2026-11-18T12:00:00"}"#, "RFC 3339"),
+            (r#"{"at": "2020-01-01T00:00:00Z"}"#, "in the past"),
+            (r#"{"at": "2099-01-01T00:00:00Z"}"#, "year ahead"),
+            (r#"{"at": 5}"#, "RFC 3339"),
+            (r#"{"calendar": ""}"#, "1 to 200"),
+            (r#"{"calendar": "Mon\n23:00"}"#, "control"),
+            (r#"{"calendar": "@1795001800"}"#, "one-off"),
+            (r#"{"calendar": 3}"#, "calendar expression"),
+            (
+                r#"{"minutes": 5, "at": "2026-11-18T12:00:00Z"}"#,
+                "only one",
+            ),
+            (r#"{"minutes": 5, "force": true}"#, "unknown field"),
+            (r#"{"action": "halt"}"#, "poweroff"),
+            (r#"{"replace": "yes"}"#, "true or false"),
+        ] {
+            let e = parse(body).unwrap_err();
+            assert_eq!(e.status, 400, "{body}");
+            assert!(e.message.contains(needle), "{body}: {}", e.message);
+        }
+        let long = format!(r#"{{"calendar": "{}"}}"#, "x".repeat(10_000));
+        assert!(parse(&long).unwrap_err().message.len() < 200);
+    }
+
+    #[test]
+    fn units_and_calendars_round_trip() {
+        for cal in ["@1795001800", "Mon..Fri 23:00", "*-*-* 10:00/15"] {
+            assert_eq!(calendar_of(&timer_unit(cal).unwrap()).as_deref(), Some(cal));
+        }
+        assert_eq!(calendar_of("model@x.service"), None);
+    }
+
+    #[test]
+    fn entries_keep_the_original_fields() {
+        let p = Pending {
+            unit: timer_unit("@1795001800").unwrap(),
+            calendar: "@1795001800".into(),
+            next_elapse_usec: one_off_usec("@1795001800").unwrap(),
+            stored: Some(Stored {
+                calendar: "@1795001800".into(),
+                action: Action::Reboot,
+                created_at: "x".into(),
+                minutes: Some(30),
+            }),
+        };
+        let e = p.entry(now());
+        assert_eq!(e["minutes_from_now"], 30);
+        assert_eq!(e["kind"], "one-off");
+        assert_eq!(e["action"], "reboot");
+        assert_eq!(e["created_at"], "x");
+        let t = DateTime::parse_from_rfc3339(e["scheduled_time"].as_str().unwrap()).unwrap();
+        assert_eq!(t.timestamp(), 1_795_001_800);
+        assert_eq!(e["id"].as_str().unwrap().len(), 16);
+        assert_eq!(p.id(), schedule_id(&p.unit));
+        assert_ne!(schedule_id("a"), schedule_id("b"));
+        assert_eq!(one_off_usec("Mon 23:00"), None);
+    }
+}

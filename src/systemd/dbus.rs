@@ -1,0 +1,175 @@
+//! The few systemd and logind D-Bus methods we call, as blocking zbus proxies, and their errors.
+//! A D-Bus method or property used anywhere in the project is named here, once.
+
+use std::sync::OnceLock;
+use zbus::blocking::Connection;
+use zbus::zvariant::OwnedObjectPath;
+
+/// One entry of `ListUnitsByPatterns`: name, description, load, active, sub state, followed,
+/// object path, job id, job type, job path.
+pub type UnitStatus = (
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    OwnedObjectPath,
+    u32,
+    String,
+    OwnedObjectPath,
+);
+
+#[zbus::proxy(
+    interface = "org.freedesktop.systemd1.Manager",
+    default_service = "org.freedesktop.systemd1",
+    default_path = "/org/freedesktop/systemd1",
+    gen_async = false,
+    blocking_name = "ManagerProxy"
+)]
+pub trait Manager {
+    fn start_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
+    fn stop_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
+    fn restart_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
+    fn list_units_by_patterns(
+        &self,
+        states: &[&str],
+        patterns: &[&str],
+    ) -> zbus::Result<Vec<UnitStatus>>;
+}
+
+#[zbus::proxy(
+    interface = "org.freedesktop.systemd1.Timer",
+    default_service = "org.freedesktop.systemd1",
+    gen_async = false,
+    blocking_name = "TimerProxy"
+)]
+pub trait Timer {
+    /// Microseconds since the epoch; 0 when the timer will not elapse again.
+    #[zbus(property, name = "NextElapseUSecRealtime")]
+    fn next_elapse_usec_realtime(&self) -> zbus::Result<u64>;
+}
+
+#[zbus::proxy(
+    interface = "org.freedesktop.systemd1.Job",
+    default_service = "org.freedesktop.systemd1",
+    gen_async = false,
+    blocking_name = "JobProxy"
+)]
+pub trait Job {
+    #[zbus(property)]
+    fn state(&self) -> zbus::Result<String>;
+}
+
+#[zbus::proxy(
+    interface = "org.freedesktop.login1.Manager",
+    default_service = "org.freedesktop.login1",
+    default_path = "/org/freedesktop/login1",
+    gen_async = false,
+    blocking_name = "LoginManagerProxy"
+)]
+pub trait LoginManager {
+    fn power_off(&self, interactive: bool) -> zbus::Result<()>;
+    fn reboot(&self, interactive: bool) -> zbus::Result<()>;
+}
+
+/// Why a call to systemd failed, in the terms an API client can act on.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SystemdError {
+    /// polkit said no (or wanted an interactive authentication we cannot give).
+    Denied(String),
+    NoSuchUnit(String),
+    /// The bus could not be reached, or the call failed otherwise.
+    Failed(String),
+}
+
+impl std::fmt::Display for SystemdError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SystemdError::Denied(m) => write!(f, "permission denied by polkit: {m}"),
+            SystemdError::NoSuchUnit(m) => write!(f, "no such unit: {m}"),
+            SystemdError::Failed(m) => write!(f, "systemd: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for SystemdError {}
+
+impl From<zbus::Error> for SystemdError {
+    fn from(e: zbus::Error) -> SystemdError {
+        match &e {
+            zbus::Error::MethodError(name, msg, _) => {
+                let msg = msg.clone().unwrap_or_else(|| name.to_string());
+                match name.as_str() {
+                    "org.freedesktop.DBus.Error.AccessDenied"
+                    | "org.freedesktop.DBus.Error.InteractiveAuthorizationRequired" => {
+                        SystemdError::Denied(msg)
+                    }
+                    "org.freedesktop.systemd1.NoSuchUnit"
+                    | "org.freedesktop.systemd1.LoadFailed" => SystemdError::NoSuchUnit(msg),
+                    _ => SystemdError::Failed(msg),
+                }
+            }
+            _ => SystemdError::Failed(e.to_string()),
+        }
+    }
+}
+
+/// The system bus, connected on first use (a request that needs no D-Bus never waits for it).
+pub fn system_bus() -> Result<&'static Connection, SystemdError> {
+    static BUS: OnceLock<Connection> = OnceLock::new();
+    if let Some(c) = BUS.get() {
+        return Ok(c);
+    }
+    let conn = Connection::system()
+        .map_err(|e| SystemdError::Failed(format!("cannot reach the system bus: {e}")))?;
+    Ok(BUS.get_or_init(|| conn))
+}
+
+pub fn manager() -> Result<ManagerProxy<'static>, SystemdError> {
+    Ok(ManagerProxy::new(system_bus()?)?)
+}
+
+/// Waits until the job at `job` has left systemd's queue (its object is gone), as `systemctl`
+/// does before it reports; false when it is still there after `timeout`.
+pub fn wait_for_job(
+    job: &OwnedObjectPath,
+    timeout: std::time::Duration,
+) -> Result<bool, SystemdError> {
+    let proxy = JobProxy::builder(system_bus()?)
+        .path(job.clone())?
+        .cache_properties(zbus::proxy::CacheProperties::No)
+        .build()?;
+    let deadline = std::time::Instant::now() + timeout;
+    while proxy.state().is_ok() {
+        if std::time::Instant::now() > deadline {
+            return Ok(false);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    Ok(true)
+}
+
+/// Starts `unit` and waits for the job to finish (a timer's start takes milliseconds).
+pub fn start_unit_and_wait(unit: &str) -> Result<(), SystemdError> {
+    let job = manager()?.start_unit(unit, "replace")?;
+    if !wait_for_job(&job, std::time::Duration::from_secs(10))? {
+        return Err(SystemdError::Failed(format!(
+            "the start job of {unit} did not finish within 10 s"
+        )));
+    }
+    Ok(())
+}
+
+/// Units matching `patterns` (shell globs, as `systemctl list-units PATTERN`), in any state.
+pub fn list_units(patterns: &[&str]) -> Result<Vec<UnitStatus>, SystemdError> {
+    Ok(manager()?.list_units_by_patterns(&[], patterns)?)
+}
+
+/// When the timer at `path` elapses next, in microseconds since the epoch (0: never).
+pub fn timer_next_elapse(path: &OwnedObjectPath) -> Result<u64, SystemdError> {
+    let timer = TimerProxy::builder(system_bus()?)
+        .path(path.clone())?
+        .build()?;
+    Ok(timer.next_elapse_usec_realtime()?)
+}

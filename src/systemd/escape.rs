@@ -1,0 +1,168 @@
+//! Unit-name escaping exactly as `systemd-escape` does, and the checks on names that become units.
+
+/// Longest unit name systemd accepts (UNIT_NAME_MAX - 1).
+pub const UNIT_NAME_MAX: usize = 255;
+
+/// The instance of `template` (`prefix@.suffix`) for `instance`, escaped as
+/// `systemd-escape --template=TEMPLATE INSTANCE` does. `None` when the result is longer than
+/// systemd allows.
+pub fn template_instance(template: &str, instance: &str) -> Option<String> {
+    let (prefix, suffix) = template.split_once("@.")?;
+    let name = format!(
+        "{prefix}@{}.{suffix}",
+        libsystemd::unit::escape_name(instance)
+    );
+    (name.len() <= UNIT_NAME_MAX && !instance.is_empty()).then_some(name)
+}
+
+/// The escaped instance part of `unit` if it is an instance of `template`.
+pub fn instance_of<'a>(unit: &'a str, template: &str) -> Option<&'a str> {
+    let (prefix, suffix) = template.split_once("@.")?;
+    unit.strip_prefix(prefix)?
+        .strip_prefix('@')?
+        .strip_suffix(suffix)?
+        .strip_suffix('.')
+        .filter(|i| !i.is_empty())
+}
+
+/// Reverses [`libsystemd::unit::escape_name`] (what `%I` gives a unit): `-` is `/`, `\xHH` a byte.
+pub fn unescape(escaped: &str) -> Option<String> {
+    let b = escaped.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'-' => {
+                out.push(b'/');
+                i += 1;
+            }
+            b'\\' => {
+                if b.get(i + 1) != Some(&b'x') {
+                    return None;
+                }
+                let hex = std::str::from_utf8(b.get(i + 2..i + 4)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 4;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Checks a name that users type and that becomes part of a unit name or a path (a model name,
+/// an experiment id): letters, digits, `-`, `_`, `.`; not starting with `.`; 1..=`max` bytes.
+/// The error says what is wrong and what to use instead.
+pub fn validate_name(what: &str, name: &str, max: usize) -> Result<(), String> {
+    let shown: String = name.chars().take(40).flat_map(char::escape_debug).collect();
+    let shown = if name.chars().count() > 40 {
+        format!("{shown}…")
+    } else {
+        shown
+    };
+    if name.is_empty() {
+        return Err(format!(
+            "{what} is empty: use letters, digits, '-', '_' and '.'"
+        ));
+    }
+    if name.len() > max {
+        return Err(format!(
+            "{what} \"{shown}\" is {} bytes long: at most {max} are allowed",
+            name.len()
+        ));
+    }
+    if name.starts_with('.') {
+        return Err(format!(
+            "{what} \"{shown}\" starts with '.': hidden names and '..' are not allowed"
+        ));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
+        return Err(format!(
+            "{what} \"{shown}\" is invalid: {:?} is not allowed; use letters, digits, '-', '_' and '.'",
+            c
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Expected values are what `systemd-escape --template=homelab-shutdown@.timer ...` printed
+    // (systemd 252).
+    #[test]
+    fn escapes_like_systemd_escape() {
+        let t = "homelab-shutdown@.timer";
+        assert_eq!(
+            template_instance(t, "Mon..Fri 23:00").unwrap(),
+            r"homelab-shutdown@Mon..Fri\x2023:00.timer"
+        );
+        assert_eq!(
+            template_instance(t, "@1795414139").unwrap(),
+            r"homelab-shutdown@\x401795414139.timer"
+        );
+        assert_eq!(
+            template_instance(t, "*-*-* 10:00/15").unwrap(),
+            r"homelab-shutdown@\x2a\x2d\x2a\x2d\x2a\x2010:00-15.timer"
+        );
+        assert_eq!(libsystemd::unit::escape_name(".a-b/c"), r"\x2ea\x2db-c");
+        assert_eq!(template_instance(t, ""), None);
+        assert_eq!(template_instance(t, &"x".repeat(300)), None);
+        assert_eq!(template_instance("no-template.timer", "x"), None);
+    }
+
+    #[test]
+    fn unescape_reverses_escape() {
+        for s in [
+            "Mon..Fri 23:00",
+            "@1795414139",
+            "*-*-* 10:00/15",
+            ".a-b/c",
+            "ünïcode ✓",
+            "a\\b",
+        ] {
+            assert_eq!(
+                unescape(&libsystemd::unit::escape_name(s)).as_deref(),
+                Some(s),
+                "{s}"
+            );
+        }
+        assert_eq!(unescape(r"\x4"), None);
+        assert_eq!(unescape(r"\y41"), None);
+        assert_eq!(unescape(r"\xff"), None);
+    }
+
+    #[test]
+    fn instance_of_template() {
+        let t = "homelab-shutdown@.timer";
+        assert_eq!(
+            instance_of(r"homelab-shutdown@\x401.timer", t),
+            Some(r"\x401")
+        );
+        assert_eq!(instance_of("homelab-shutdown@.timer", t), None);
+        assert_eq!(instance_of("homelab-shutdown@x.service", t), None);
+        assert_eq!(instance_of("other@x.timer", t), None);
+    }
+
+    #[test]
+    fn names_are_validated() {
+        assert!(validate_name("model name", "llama-3.1_8b.env", 255).is_ok());
+        for bad in [
+            "", "../x", "a/b", "a*", "?", ".hidden", "x y", "a\nb", "x\u{0}", "é",
+        ] {
+            let e = validate_name("model name", bad, 255).unwrap_err();
+            assert!(e.starts_with("model name"), "{bad:?}: {e}");
+        }
+        let e = validate_name("model name", &"a".repeat(10_000), 255).unwrap_err();
+        assert!(e.contains("10000 bytes") && e.len() < 200, "{e}");
+        // x.service is a fine file name; it is escaped into the instance, never a unit of its own.
+        assert!(validate_name("model name", "x.service", 255).is_ok());
+    }
+}
