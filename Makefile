@@ -27,6 +27,7 @@ install: build
 	install -D -m 644 -t $(DESTDIR)$(TMPFILESDIR) tmpfiles.d/*.conf
 	install -D -m 644 -t $(DESTDIR)$(POLKITDIR) polkit/*.rules
 	install -D -m 644 -t $(DESTDIR)$(DOCDIR) README.md
+	for f in logrotate/*; do [ -e "$$f" ] || continue; install -D -m 644 "$$f" "$(DESTDIR)$(LOGROTATEDIR)/$${f#logrotate/}"; done
 	@# On a live system (no DESTDIR) apply users and directories now, as a package's postinst would.
 	if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then \
 		systemd-sysusers && systemd-tmpfiles --create && systemctl daemon-reload; fi

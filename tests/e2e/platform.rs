@@ -48,10 +48,15 @@ pub const GROUP: Group = Group {
 fn installed_units() -> Result<Vec<String>> {
     let mut units = Vec::new();
     for entry in std::fs::read_dir(crate::harness::repo_root().join("systemd"))? {
-        let name = entry?.file_name().into_string().map_err(|n| anyhow::anyhow!("bad unit file name {n:?}"))?;
+        let name = entry?
+            .file_name()
+            .into_string()
+            .map_err(|n| anyhow::anyhow!("bad unit file name {n:?}"))?;
         units.push(match name.split_once("@.") {
             // Timers of ours need a calendar as instance: a one-off time.
-            Some((prefix, suffix)) if prefix.starts_with("homelab-") => format!(r"{prefix}@\x401795414139.{suffix}"),
+            Some((prefix, suffix)) if prefix.starts_with("homelab-") => {
+                format!(r"{prefix}@\x401795414139.{suffix}")
+            }
             Some((prefix, suffix)) => format!("{prefix}@example.{suffix}"),
             None => name,
         });
@@ -63,18 +68,31 @@ fn installed_units() -> Result<Vec<String>> {
 fn units_verify_and_report_exposure(s: &Sandbox) -> Result<()> {
     let units = installed_units()?;
     let quoted: Vec<String> = units.iter().map(|u| format!("'{u}'")).collect();
-    let out = s.sh(&format!("cd /usr/lib/systemd/system && systemd-analyze verify {} 2>&1", quoted.join(" ")))?;
+    let out = s.sh(&format!(
+        "cd /usr/lib/systemd/system && systemd-analyze verify {} 2>&1",
+        quoted.join(" ")
+    ))?;
     let text = String::from_utf8_lossy(&out.stdout);
-    ensure!(out.status.success() && text.trim().is_empty(), "systemd-analyze verify complained:\n{text}");
+    ensure!(
+        out.status.success() && text.trim().is_empty(),
+        "systemd-analyze verify complained:\n{text}"
+    );
     for service in units.iter().filter(|u| u.ends_with(".service")) {
         let out = s.ok(&format!("systemd-analyze security --no-pager '{service}'"))?;
-        let overall = out.lines().find(|l| l.contains("Overall exposure level")).unwrap_or("no exposure line").trim();
+        let overall = out
+            .lines()
+            .find(|l| l.contains("Overall exposure level"))
+            .unwrap_or("no exposure line")
+            .trim();
         eprintln!("   exposure {service}: {overall}");
         let score: f64 = overall
             .split_whitespace()
             .find_map(|w| w.parse().ok())
             .ok_or_else(|| anyhow::anyhow!("no score in {overall:?}"))?;
-        ensure!(score <= 2.0, "{service} exposure {score} is above 2.0:\n{out}");
+        ensure!(
+            score <= 2.0,
+            "{service} exposure {score} is above 2.0:\n{out}"
+        );
     }
     Ok(())
 }
