@@ -10,7 +10,7 @@ DOCDIR := $(PREFIX)/share/doc/homelab
 LOGROTATEDIR := /etc/logrotate.d
 CARGO ?= cargo
 
-BINARIES := shutdown-service inference-service homelab-power-action
+BINARIES := shutdown-service inference-service homelab-power-action homelab-exec
 
 .PHONY: all build install test e2e demo demo-stop bench clean
 

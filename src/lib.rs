@@ -4,9 +4,11 @@
 //! decides and calls systemd. The binaries in `src/bin/` are thin wrappers around it.
 
 pub mod cli;
+pub mod exec;
 pub mod http;
 pub mod inference;
 pub mod log;
 pub mod shutdown;
+pub mod statefile;
 pub mod systemd;
 pub mod time;

@@ -2,7 +2,7 @@
 
 use clap::Parser;
 use homelab::cli::{self, ServiceArgs};
-use homelab::inference::InferenceService;
+use homelab::inference;
 use std::process::ExitCode;
 
 /// Lists model servers and starts, stops and restarts them; socket-activated on port 5002.
@@ -16,8 +16,10 @@ struct Args {
 fn main() -> ExitCode {
     let args = Args::parse();
     cli::run(|| {
-        cli::serve(&args.service, "inference-service.socket", || {
-            Ok(InferenceService)
-        })
+        cli::serve(
+            &args.service,
+            "inference-service.socket",
+            inference::from_environment,
+        )
     })
 }

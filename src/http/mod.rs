@@ -210,6 +210,20 @@ impl From<ApiError> for Response {
     }
 }
 
+/// A failure of systemd is the gateway's (502), with systemd's reason; a polkit denial says
+/// which rule to check.
+impl From<crate::systemd::dbus::SystemdError> for ApiError {
+    fn from(e: crate::systemd::dbus::SystemdError) -> ApiError {
+        let hint = match e {
+            crate::systemd::dbus::SystemdError::Denied(_) => {
+                ": the polkit rule for user abc (50-homelab.rules) is missing or does not match"
+            }
+            _ => "",
+        };
+        ApiError::new(502, format!("{e}{hint}"))
+    }
+}
+
 /// What a service is: a name for logs and a handler. Handlers must not panic on any input.
 pub trait Service: Send + Sync {
     /// The human-readable name reported by `/health`.

@@ -77,7 +77,7 @@ impl ShutdownService {
     /// Pending schedules, soonest first: systemd's waiting timers (one call for all), joined with
     /// the state file. State entries systemd no longer has are dropped. Call with the lock held.
     fn pending(&self) -> Result<Vec<Pending>, ApiError> {
-        let units = dbus::list_units(&[schedule::TIMER_PATTERN]).map_err(systemd_error)?;
+        let units = dbus::list_units(&[schedule::TIMER_PATTERN]).map_err(ApiError::from)?;
         let mut pending = Vec::new();
         for (name, _, _, active, sub, _, path, ..) in units {
             if active != "active" || sub != "waiting" {
@@ -88,7 +88,7 @@ impl ShutdownService {
             };
             let next = match schedule::one_off_usec(&calendar) {
                 Some(usec) => usec,
-                None => dbus::timer_next_elapse(&path).map_err(systemd_error)?,
+                None => dbus::timer_next_elapse(&path).map_err(ApiError::from)?,
             };
             pending.push(Pending {
                 unit: name,
@@ -162,7 +162,7 @@ impl ShutdownService {
             let _ = self.store.update(|s| {
                 s.schedules.remove(&unit);
             });
-            return Err(systemd_error(e));
+            return Err(e.into());
         }
         if request.kind() == Kind::OneOff {
             for old in replaced {
@@ -200,7 +200,7 @@ impl ShutdownService {
     fn stop(&self, unit: &str) -> Result<(), ApiError> {
         dbus::manager()
             .and_then(|m| Ok(m.stop_unit(unit, "replace")?))
-            .map_err(systemd_error)?;
+            .map_err(ApiError::from)?;
         self.store
             .update(|s| {
                 s.schedules.remove(unit);
@@ -366,16 +366,6 @@ fn merge(into: &mut Value, from: &Value) {
             a.entry(k.clone()).or_insert_with(|| v.clone());
         }
     }
-}
-
-fn systemd_error(e: SystemdError) -> ApiError {
-    let hint = match e {
-        SystemdError::Denied(_) => {
-            ": the polkit rule for user abc (50-homelab.rules) is missing or does not match"
-        }
-        _ => "",
-    };
-    ApiError::new(502, format!("{e}{hint}"))
 }
 
 fn internal(e: anyhow::Error) -> ApiError {

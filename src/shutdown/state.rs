@@ -2,13 +2,10 @@
 //! systemd knows, so recurring schedules come back after a reboot. Written atomically.
 
 use super::schedule::Stored;
-use crate::{log_err, log_warn};
-use anyhow::Context;
+use crate::{log_warn, statefile};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs;
 use std::path::{Path, PathBuf};
 
 /// `StateDirectory=shutdown-service`.
@@ -29,11 +26,10 @@ pub struct StateStore {
 impl StateStore {
     /// The store in `$STATE_DIRECTORY` (set by systemd), or `dir`.
     pub fn new(dir: Option<&Path>) -> StateStore {
-        let dir = dir.map(Path::to_path_buf).unwrap_or_else(|| {
-            std::env::var_os("STATE_DIRECTORY")
-                .map(|d| PathBuf::from(d.to_string_lossy().split(':').next().unwrap_or_default()))
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR))
-        });
+        let dir = dir.map_or_else(
+            || statefile::state_dir(DEFAULT_STATE_DIR),
+            Path::to_path_buf,
+        );
         StateStore {
             path: dir.join(STATE_FILE),
         }
@@ -46,76 +42,12 @@ impl StateStore {
     /// The state; a missing file is empty, a corrupt one is moved aside (with an error in the
     /// journal) and the service goes on with an empty state.
     pub fn load(&self) -> State {
-        let bytes = match fs::read(&self.path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return State {
-                    version: 1,
-                    ..State::default()
-                };
-            }
-            Err(e) => {
-                log_err!(
-                    "cannot read {}: {e}; going on without it",
-                    self.path.display()
-                );
-                return State {
-                    version: 1,
-                    ..State::default()
-                };
-            }
-        };
-        match serde_json::from_slice::<State>(&bytes) {
-            Ok(s) => s,
-            Err(e) => {
-                let aside = self.path.with_extension(format!(
-                    "json.corrupt-{}",
-                    chrono::Local::now().format("%Y%m%dT%H%M%S")
-                ));
-                match fs::rename(&self.path, &aside) {
-                    Ok(()) => log_err!(
-                        "{} is corrupt ({e}); moved it to {} and started empty",
-                        self.path.display(),
-                        aside.display()
-                    ),
-                    Err(re) => log_err!(
-                        "{} is corrupt ({e}) and could not be moved aside ({re})",
-                        self.path.display()
-                    ),
-                }
-                State {
-                    version: 1,
-                    ..State::default()
-                }
-            }
-        }
+        statefile::load(&self.path)
     }
 
-    /// Writes the whole state: temporary file, fsync, rename over the old one, fsync the folder.
+    /// Writes the whole state atomically.
     pub fn save(&self, state: &State) -> anyhow::Result<()> {
-        let dir = self.path.parent().context("state file has no folder")?;
-        let tmp = self.path.with_extension("json.tmp");
-        let mut data = serde_json::to_vec_pretty(state)?;
-        data.push(b'\n');
-        let result = (|| -> anyhow::Result<()> {
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            f.write_all(&data)?;
-            f.sync_all()?;
-            fs::rename(&tmp, &self.path)?;
-            if let Ok(d) = File::open(dir) {
-                let _ = d.sync_all();
-            }
-            Ok(())
-        })();
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        result.with_context(|| format!("cannot write {}", self.path.display()))
+        statefile::save(&self.path, state)
     }
 
     /// Loads, applies `change`, and saves when it changed anything.
@@ -174,7 +106,7 @@ mod tests {
             })
             .unwrap();
         assert_eq!(store.load().schedules["u1"], stored("Mon 23:00"));
-        assert!(!dir.join("schedules.json.tmp").exists());
+        assert!(!dir.join("schedules.tmp").exists());
         assert_eq!(recorded_action(&dir, "u1"), Action::Reboot);
         assert_eq!(recorded_action(&dir, "other"), Action::Poweroff);
         let _ = fs::remove_dir_all(dir);

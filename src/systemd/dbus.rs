@@ -36,6 +36,44 @@ pub trait Manager {
         states: &[&str],
         patterns: &[&str],
     ) -> zbus::Result<Vec<UnitStatus>>;
+    fn load_unit(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
+}
+
+#[zbus::proxy(
+    interface = "org.freedesktop.systemd1.Unit",
+    default_service = "org.freedesktop.systemd1",
+    gen_async = false,
+    blocking_name = "UnitProxy"
+)]
+pub trait Unit {
+    #[zbus(property)]
+    fn active_state(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn sub_state(&self) -> zbus::Result<String>;
+    /// Microseconds since the epoch of the last change of the active state.
+    #[zbus(property)]
+    fn state_change_timestamp(&self) -> zbus::Result<u64>;
+    #[zbus(property)]
+    fn active_enter_timestamp(&self) -> zbus::Result<u64>;
+}
+
+#[zbus::proxy(
+    interface = "org.freedesktop.systemd1.Service",
+    default_service = "org.freedesktop.systemd1",
+    gen_async = false,
+    blocking_name = "ServiceUnitProxy"
+)]
+pub trait ServiceUnit {
+    #[zbus(property)]
+    fn result(&self) -> zbus::Result<String>;
+    #[zbus(property, name = "NRestarts")]
+    fn n_restarts(&self) -> zbus::Result<u32>;
+    #[zbus(property)]
+    fn memory_current(&self) -> zbus::Result<u64>;
+    #[zbus(property)]
+    fn exec_main_status(&self) -> zbus::Result<i32>;
+    #[zbus(property, name = "MainPID")]
+    fn main_pid(&self) -> zbus::Result<u32>;
 }
 
 #[zbus::proxy(
@@ -150,15 +188,65 @@ pub fn wait_for_job(
     Ok(true)
 }
 
-/// Starts `unit` and waits for the job to finish (a timer's start takes milliseconds).
-pub fn start_unit_and_wait(unit: &str) -> Result<(), SystemdError> {
-    let job = manager()?.start_unit(unit, "replace")?;
-    if !wait_for_job(&job, std::time::Duration::from_secs(10))? {
+/// What to do to a unit, as `systemctl VERB`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verb {
+    Start,
+    Stop,
+    Restart,
+}
+
+impl Verb {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verb::Start => "start",
+            Verb::Stop => "stop",
+            Verb::Restart => "restart",
+        }
+    }
+}
+
+/// Runs `verb` on `unit` and waits for the job to finish, as `systemctl` does.
+pub fn run_and_wait(
+    verb: Verb,
+    unit: &str,
+    timeout: std::time::Duration,
+) -> Result<(), SystemdError> {
+    let m = manager()?;
+    let job = match verb {
+        Verb::Start => m.start_unit(unit, "replace")?,
+        Verb::Stop => m.stop_unit(unit, "replace")?,
+        Verb::Restart => m.restart_unit(unit, "replace")?,
+    };
+    if !wait_for_job(&job, timeout)? {
         return Err(SystemdError::Failed(format!(
-            "the start job of {unit} did not finish within 10 s"
+            "the {} job of {unit} did not finish within {timeout:?}",
+            verb.as_str()
         )));
     }
     Ok(())
+}
+
+/// Starts `unit` and waits for the job to finish (a timer's start takes milliseconds).
+pub fn start_unit_and_wait(unit: &str) -> Result<(), SystemdError> {
+    run_and_wait(Verb::Start, unit, std::time::Duration::from_secs(10))
+}
+
+/// Proxies for the unit `name` (loaded if it is not), without property caching.
+pub fn unit(name: &str) -> Result<(UnitProxy<'static>, ServiceUnitProxy<'static>), SystemdError> {
+    use zbus::proxy::CacheProperties::No;
+    let path = manager()?.load_unit(name)?;
+    let bus = system_bus()?;
+    Ok((
+        UnitProxy::builder(bus)
+            .path(path.clone())?
+            .cache_properties(No)
+            .build()?,
+        ServiceUnitProxy::builder(bus)
+            .path(path)?
+            .cache_properties(No)
+            .build()?,
+    ))
 }
 
 /// Units matching `patterns` (shell globs, as `systemctl list-units PATTERN`), in any state.

@@ -2,12 +2,14 @@
 //! outside, as a user would. `cargo test --release --test e2e [FILTER...]`, as root.
 
 mod harness;
+mod inference;
 mod platform;
 mod shutdown;
 
 fn main() -> std::process::ExitCode {
     harness::run(&[
         platform::GROUP,
+        inference::GROUP,
         shutdown::GROUP,
         shutdown::POWER_GROUP,
         shutdown::REBOOT_GROUP,
