@@ -2,7 +2,7 @@
 
 use clap::Parser;
 use homelab::cli::{self, ServiceArgs};
-use homelab::inference;
+use homelab::inference::{self, activity::ActivityStore, config::Config, idle};
 use std::process::ExitCode;
 
 /// Lists model servers and starts, stops and restarts them; socket-activated on port 5002.
@@ -11,15 +11,23 @@ use std::process::ExitCode;
 struct Args {
     #[command(flatten)]
     service: ServiceArgs,
+    /// Run the idle policy once and exit: stop models idle past the threshold, and power off
+    /// through the shutdown timers when enabled and all is idle (run by inference-idle-check.timer)
+    #[arg(long)]
+    check_idle: bool,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     cli::run(|| {
-        cli::serve(
-            &args.service,
-            "inference-service.socket",
-            inference::from_environment,
-        )
+        if args.check_idle {
+            idle::check(&Config::load()?, &ActivityStore::new(None))
+        } else {
+            cli::serve(
+                &args.service,
+                "inference-service.socket",
+                inference::from_environment,
+            )
+        }
     })
 }

@@ -13,15 +13,26 @@ pub const STATE_FILE: &str = "activity.json";
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Activity {
     /// Model name -> last activity (RFC 3339).
+    #[serde(default)]
     pub last_activity: BTreeMap<String, String>,
+    /// When the idle check last ran (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_check: Option<String>,
+    /// Since when the idle check has seen every model idle (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub all_idle_since: Option<String>,
+}
+
+/// An RFC 3339 time of ours, back in local time.
+pub fn parse_time(t: &str) -> Option<DateTime<Local>> {
+    DateTime::parse_from_rfc3339(t)
+        .ok()
+        .map(|t| t.with_timezone(&Local))
 }
 
 impl Activity {
     pub fn last(&self, model: &str) -> Option<DateTime<Local>> {
-        self.last_activity
-            .get(model)
-            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-            .map(|t| t.with_timezone(&Local))
+        self.last_activity.get(model).and_then(|t| parse_time(t))
     }
 
     /// Active: activity within `active_minutes`.
@@ -30,8 +41,8 @@ impl Activity {
             .is_some_and(|t| now - t <= chrono::Duration::minutes(active_minutes as i64))
     }
 
-    /// Idle: no activity within `idle_minutes` (or none ever, counted from `since`, e.g. when the
-    /// model's unit started).
+    /// Idle: no activity within `idle_minutes`; a model that never reported any counts from
+    /// `since` (when its unit started), so a model just started is not idle at once.
     pub fn is_idle(
         &self,
         model: &str,
@@ -39,7 +50,7 @@ impl Activity {
         idle_minutes: u64,
         since: Option<DateTime<Local>>,
     ) -> bool {
-        match self.last(model).into_iter().chain(since).max() {
+        match self.last(model).or(since) {
             Some(t) => now - t > chrono::Duration::minutes(idle_minutes as i64),
             None => true,
         }
@@ -69,7 +80,11 @@ impl ActivityStore {
         let mut a = self.load();
         a.last_activity
             .insert(model.to_string(), crate::time::rfc3339(&when));
-        statefile::save(&self.path, &a)
+        self.save(&a)
+    }
+
+    pub fn save(&self, a: &Activity) -> anyhow::Result<()> {
+        statefile::save(&self.path, a)
     }
 }
 

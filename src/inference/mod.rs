@@ -5,13 +5,14 @@
 
 pub mod activity;
 pub mod config;
+pub mod idle;
 pub mod models;
 
 use crate::http::auth::Auth;
 use crate::http::{self, ApiError, Method, Request, Response, RouteMatch, Service};
 use crate::systemd::dbus::{self, Verb};
 use activity::ActivityStore;
-use chrono::{DateTime, Local};
+use chrono::Local;
 use config::Config;
 use models::Model;
 use serde_json::{Map, Value, json};
@@ -57,9 +58,6 @@ const ROUTES: &[(Method, &str, Route)] = &[
     (Method::Post, "/models/{}/report", Route::Report),
 ];
 
-/// A running model: its name, and when its unit became active.
-type Running = (String, Option<DateTime<Local>>);
-
 pub struct InferenceService {
     config: Config,
     auth: Auth,
@@ -104,23 +102,6 @@ impl InferenceService {
                 self.dir.display()
             ))
         })
-    }
-
-    /// Running model names, from one `ListUnitsByPatterns` call, with when each started.
-    fn running(&self) -> Result<Vec<Running>, ApiError> {
-        let units = dbus::list_units(&[models::UNIT_PATTERN]).map_err(ApiError::from)?;
-        Ok(units
-            .into_iter()
-            .filter(|u| u.3 == "active" || u.3 == "reloading")
-            .filter_map(|u| models::name_of(&u.0))
-            .map(|name| {
-                let since = models::unit_of(&name)
-                    .and_then(|unit| dbus::unit(&unit).ok())
-                    .and_then(|(unit, _)| unit.active_enter_timestamp().ok())
-                    .and_then(crate::shutdown::schedule::local_from_usec);
-                (name, since)
-            })
-            .collect())
     }
 
     fn act(&self, raw: &str, verb: Verb) -> Result<Response, ApiError> {
@@ -215,7 +196,7 @@ impl InferenceService {
     fn activity_view(&self, route: Route) -> Result<Response, ApiError> {
         let now = Local::now();
         let activity = self.activity.load();
-        let running = self.running()?;
+        let running = models::running_since()?;
         let idle = |name: &str| {
             running
                 .iter()
@@ -306,10 +287,9 @@ impl Service for InferenceService {
                 let list: Vec<Value> = list.iter().map(Model::json).collect();
                 Response::ok(json!({"status": "success", "count": list.len(), "models": list}))
             }),
-            Route::Running => self.running().map(|r| {
-                let names: Vec<&str> = r.iter().map(|(n, _)| n.as_str()).collect();
-                Response::ok(json!({"status": "success", "running_models": names}))
-            }),
+            Route::Running => models::running()
+                .map_err(ApiError::from)
+                .map(|names| Response::ok(json!({"status": "success", "running_models": names}))),
             Route::Active | Route::Idle | Route::Activity => self.activity_view(route),
             Route::Model => self.model_status(captures[0]),
             Route::Act(verb) => self.act(captures[0], verb),

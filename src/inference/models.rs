@@ -40,6 +40,33 @@ pub fn name_of(unit: &str) -> Option<String> {
     escape::unescape(escape::instance_of(unit, UNIT_TEMPLATE)?)
 }
 
+/// A running model: its name, and when its unit became active.
+pub type Running = (String, Option<chrono::DateTime<chrono::Local>>);
+
+/// Names of the running models: one `ListUnitsByPatterns` call for all `model@*` units.
+pub fn running() -> Result<Vec<String>, crate::systemd::dbus::SystemdError> {
+    Ok(crate::systemd::dbus::list_units(&[UNIT_PATTERN])?
+        .into_iter()
+        .filter(|u| u.3 == "active" || u.3 == "reloading")
+        .filter_map(|u| name_of(&u.0))
+        .collect())
+}
+
+/// The running models with when each unit became active (for the idle policy; one property
+/// read per running model on top of the listing).
+pub fn running_since() -> Result<Vec<Running>, crate::systemd::dbus::SystemdError> {
+    Ok(running()?
+        .into_iter()
+        .map(|name| {
+            let since = unit_of(&name)
+                .and_then(|unit| crate::systemd::dbus::unit(&unit).ok())
+                .and_then(|(unit, _)| unit.active_enter_timestamp().ok())
+                .and_then(crate::shutdown::schedule::local_from_usec);
+            (name, since)
+        })
+        .collect())
+}
+
 /// `$MODELS_CONFIG_DIR`, else `~/models/configs` of the user the service runs as.
 pub fn config_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os(DIR_ENV).filter(|d| !d.is_empty()) {

@@ -1,8 +1,9 @@
 //! Issue 4 (in part): the inference service's model management on a booted systemd.
 
 use crate::ensure_eq;
-use crate::harness::{Group, Reply, Sandbox};
+use crate::harness::{Group, Reply, Sandbox, wait_for};
 use anyhow::{Context, Result, ensure};
+use std::time::Duration;
 
 pub const GROUP: Group = Group {
     name: "inference",
@@ -23,6 +24,18 @@ pub const GROUP: Group = Group {
         (
             "activity_is_reported_and_survives_a_restart",
             activity_is_reported_and_survives_a_restart,
+        ),
+        (
+            "two_listening_models_through_curl",
+            two_listening_models_through_curl,
+        ),
+        (
+            "idle_check_stops_idle_models_and_powers_off_via_a_timer",
+            idle_check_stops_idle_models_and_powers_off_via_a_timer,
+        ),
+        (
+            "on_demand_model_starts_on_first_request_and_stops_when_idle",
+            on_demand_model_starts_on_first_request_and_stops_when_idle,
         ),
     ],
 };
@@ -120,6 +133,18 @@ fn start_restart_stop_a_model_as_abc(s: &Sandbox) -> Result<()> {
         s.get(":5002/models/running")?.expect(200)?["running_models"],
         serde_json::json!([])
     );
+    // As abc, systemctl works directly too (polkit); anything else is refused (shutdown group).
+    let out = s.as_user(
+        "abc",
+        &format!("systemctl start {unit} && systemctl is-active {unit} && systemctl stop {unit}"),
+    )?;
+    ensure!(
+        out.status.success(),
+        "abc could not start {unit}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = s.as_user("abc", "systemctl start systemd-tmpfiles-clean.service")?;
+    ensure!(!out.status.success(), "abc could start another unit");
     // The grant is for model@ units only, and only for abc.
     s.ok("id tester >/dev/null 2>&1 || useradd -m tester")?;
     let out = s.as_user("tester", &format!("systemctl start {unit}"))?;
@@ -207,5 +232,206 @@ fn activity_is_reported_and_survives_a_restart(s: &Sandbox) -> Result<()> {
         s.get(":5002/models/idle")?.expect(200)?["idle_models"],
         serde_json::json!([])
     );
+    Ok(())
+}
+
+/// Writes the activity state as the service keeps it (the test's way of letting time pass).
+fn write_activity(s: &Sandbox, json: &str) -> Result<()> {
+    s.ok(&format!(
+        "mkdir -p /var/lib/inference-service && printf '%s' '{json}' > /var/lib/inference-service/activity.json && \
+         chown -R abc:abc /var/lib/inference-service"
+    ))?;
+    Ok(())
+}
+
+fn minutes_ago(m: i64) -> String {
+    (chrono::Local::now() - chrono::Duration::minutes(m)).to_rfc3339()
+}
+
+fn idle_check_stops_idle_models_and_powers_off_via_a_timer(s: &Sandbox) -> Result<()> {
+    setup_models(s)?;
+    ensure_eq!(
+        s.active_state("inference-idle-check.timer")?,
+        "active",
+        "the idle-check timer is enabled with the target"
+    );
+    s.ok(r#"echo '{"idle_threshold_minutes": 1, "shutdown_check_interval_minutes": 1}' > /etc/homelab/inference-service.json"#)?;
+    post(s, "/models/sleeper.env/start")?.expect(200)?;
+    post(s, "/models/noport/start")?.expect(200)?;
+    // sleeper.env was used 10 minutes ago; noport a moment ago.
+    write_activity(
+        s,
+        &format!(
+            r#"{{"last_activity": {{"sleeper.env": "{}", "noport": "{}"}}}}"#,
+            minutes_ago(10),
+            minutes_ago(0)
+        ),
+    )?;
+    // The timer fires every minute in production; every 5 s here.
+    s.ok("mkdir -p /run/systemd/system/inference-idle-check.timer.d && \
+          printf '[Timer]\\nOnCalendar=\\nOnCalendar=*:*:0/5\\nAccuracySec=1s\\n' > /run/systemd/system/inference-idle-check.timer.d/fast.conf && \
+          systemctl daemon-reload && systemctl restart inference-idle-check.timer")?;
+    wait_for(
+        "the timer-driven check to stop the idle model",
+        Duration::from_secs(40),
+        || Ok(s.active_state("model@sleeper.env.service")? == "inactive"),
+    )?;
+    ensure_eq!(
+        s.active_state("model@noport.service")?,
+        "active",
+        "the busy model"
+    );
+    let log = s.ok("journalctl -u inference-idle-check --no-pager -o cat")?;
+    ensure!(log.contains("stopped model@sleeper.env.service"), "{log}");
+    let timers = s.ok("systemctl list-timers --no-legend --plain 'homelab-shutdown@*'")?;
+    ensure!(
+        !timers.contains("homelab-shutdown@"),
+        "power-off scheduled while off by default: {timers}"
+    );
+
+    // power_off_when_idle: once every model has been idle for the threshold, a one-off
+    // shutdown timer is started (never a direct power-off).
+    s.ok(r#"echo '{"idle_threshold_minutes": 1, "shutdown_check_interval_minutes": 1, "power_off_when_idle": true}' > /etc/homelab/inference-service.json"#)?;
+    s.ok("systemctl stop model@noport.service")?;
+    write_activity(
+        s,
+        &format!(
+            r#"{{"last_activity": {{"noport": "{}"}}, "all_idle_since": "{}"}}"#,
+            minutes_ago(5),
+            minutes_ago(2)
+        ),
+    )?;
+    wait_for(
+        "the timer-driven check to schedule a power-off",
+        Duration::from_secs(40),
+        || {
+            Ok(
+                s.ok("systemctl list-timers --no-legend --plain 'homelab-shutdown@*'")?
+                    .contains("homelab-shutdown@"),
+            )
+        },
+    )?;
+    let status = s.get(":5001/shutdown/status")?;
+    ensure_eq!(
+        status.expect(200)?["has_shutdown"],
+        true,
+        "the shutdown service sees it"
+    );
+    let left = status.json["next_shutdown"]["minutes_from_now"]
+        .as_u64()
+        .unwrap_or(0);
+    ensure!(left >= 1, "power-off too soon: {}", status.body);
+    s.ok(
+        "systemctl stop 'homelab-shutdown@*.timer'; rm -f /etc/homelab/inference-service.json; \
+          rm -r /run/systemd/system/inference-idle-check.timer.d; systemctl daemon-reload",
+    )?;
+    Ok(())
+}
+
+fn on_demand_model_starts_on_first_request_and_stops_when_idle(s: &Sandbox) -> Result<()> {
+    // The model server: our own inference-service binary answering on 127.0.0.1:8091.
+    s.ok(&format!(
+        r#"echo '{{"auth": {{"enabled": false}}}}' > /home/abc/models/noauth.json && \
+           printf 'PORT=8091\nMODEL_COMMAND=/usr/bin/inference-service --listen 127.0.0.1:8091\nHOMELAB_INFERENCE_CONFIG=/home/abc/models/noauth.json\nHOMELAB_IDLE_TIMEOUT=0\n' > {DIR}/web && \
+           chown abc:abc {DIR}/web /home/abc/models/noauth.json && \
+           mkdir -p /etc/systemd/system/model-proxy@web.socket.d /etc/systemd/system/model@web.service.d /etc/systemd/system/model-proxy@web.service.d && \
+           printf '[Socket]\nListenStream=8090\n' > /etc/systemd/system/model-proxy@web.socket.d/port.conf && \
+           printf '[Unit]\nStopWhenUnneeded=yes\n' > /etc/systemd/system/model@web.service.d/on-demand.conf && \
+           printf '[Service]\nEnvironment=PROXY_EXIT_IDLE_TIME=3s\n' > /etc/systemd/system/model-proxy@web.service.d/idle.conf && \
+           systemctl daemon-reload && systemctl start model-proxy@web.socket"#
+    ))?;
+    ensure_eq!(
+        s.active_state("model@web.service")?,
+        "inactive",
+        "before the first request"
+    );
+    let r = s.get(":8090/health")?;
+    ensure_eq!(
+        r.expect(200)?["service"],
+        "Inference Model Service",
+        "answer through the proxy"
+    );
+    ensure_eq!(s.active_state("model@web.service")?, "active");
+    wait_for(
+        "the model to stop when idle",
+        Duration::from_secs(30),
+        || Ok(s.active_state("model@web.service")? == "inactive"),
+    )?;
+    ensure_eq!(s.active_state("model-proxy@web.service")?, "inactive");
+    ensure_eq!(
+        s.active_state("model-proxy@web.socket")?,
+        "active",
+        "the socket stays"
+    );
+    s.get(":8090/health")?.expect(200)?;
+    ensure_eq!(
+        s.active_state("model@web.service")?,
+        "active",
+        "started again by the next request"
+    );
+    s.ok("systemctl stop model-proxy@web.socket model-proxy@web.service model@web.service")?;
+    Ok(())
+}
+
+/// Two models whose units (with a per-model drop-in, as a site would write) run a real server
+/// listening on the model's port: list, start, running, restart, stop through curl, and
+/// `systemctl is-active` agrees after each.
+fn two_listening_models_through_curl(s: &Sandbox) -> Result<()> {
+    setup_models(s)?;
+    let mut setup = format!(
+        r#"echo '{{"auth": {{"enabled": false}}}}' > /home/abc/models/noauth.json && chown abc:abc /home/abc/models/noauth.json"#
+    );
+    for (name, port) in [("alpha.env", 8101), ("beta.env", 8102)] {
+        setup.push_str(&format!(
+            " && printf 'PORT={port}\\n' > {DIR}/{name} && chown abc:abc {DIR}/{name} && \
+             mkdir -p /etc/systemd/system/model@{name}.service.d && \
+             printf '[Service]\\nEnvironment=HOMELAB_INFERENCE_CONFIG=/home/abc/models/noauth.json HOMELAB_IDLE_TIMEOUT=0\\nExecStart=\\nExecStart=/usr/bin/inference-service --listen 127.0.0.1:${{PORT}}\\n' \
+               > /etc/systemd/system/model@{name}.service.d/server.conf"
+        ));
+    }
+    s.ok(&format!("{setup} && systemctl daemon-reload"))?;
+    let listed = s.get(":5002/models")?;
+    let names: Vec<String> = listed.expect(200)?["models"]
+        .as_array()
+        .context("models")?
+        .iter()
+        .filter_map(|m| m["model_name"].as_str().map(String::from))
+        .collect();
+    ensure!(
+        names.contains(&"alpha.env".to_string()) && names.contains(&"beta.env".to_string()),
+        "{names:?}"
+    );
+    let is_active = |name: &str| s.active_state(&format!("model@{name}.service"));
+    let serves = |port: u16| {
+        s.get(&format!(":{port}/health"))
+            .map(|r| r.status == 200)
+            .unwrap_or(false)
+    };
+    let running = || -> Result<serde_json::Value> {
+        Ok(s.get(":5002/models/running")?.expect(200)?["running_models"].clone())
+    };
+
+    post(s, "/models/alpha.env/start")?.expect(200)?;
+    ensure_eq!(is_active("alpha.env")?, "active");
+    ensure!(serves(8101), "alpha does not answer on its port");
+    post(s, "/models/beta.env/start")?.expect(200)?;
+    ensure_eq!(is_active("beta.env")?, "active");
+    ensure!(serves(8102), "beta does not answer on its port");
+    ensure_eq!(running()?, serde_json::json!(["alpha.env", "beta.env"]));
+    let pid = s.prop("model@alpha.env.service", "MainPID")?;
+    post(s, "/models/alpha.env/restart")?.expect(200)?;
+    ensure_eq!(is_active("alpha.env")?, "active");
+    ensure!(
+        s.prop("model@alpha.env.service", "MainPID")? != pid,
+        "alpha was not restarted"
+    );
+    ensure!(serves(8101), "alpha does not answer after the restart");
+    post(s, "/models/alpha.env/stop")?.expect(200)?;
+    ensure_eq!(is_active("alpha.env")?, "inactive");
+    ensure!(!serves(8101), "alpha still answers after stop");
+    ensure_eq!(running()?, serde_json::json!(["beta.env"]));
+    post(s, "/models/beta.env/stop")?.expect(200)?;
+    ensure_eq!(is_active("beta.env")?, "inactive");
+    ensure_eq!(running()?, serde_json::json!([]));
     Ok(())
 }

@@ -1,0 +1,173 @@
+//! The idle policy, run by `inference-idle-check.timer` (a timer, because the service itself
+//! exits when idle): stop running models idle past the threshold; when enabled and every model
+//! has been idle that long, power off through the shutdown service's timers.
+
+use super::activity::{self, Activity, ActivityStore};
+use super::config::Config;
+use super::models;
+use crate::shutdown::schedule::{self, Kind};
+use crate::systemd::dbus::{self, Verb};
+use crate::{log_info, log_warn};
+use chrono::{DateTime, Duration, Local};
+
+/// How far ahead the idle power-off is scheduled: time to see it and cancel it.
+pub const POWER_OFF_DELAY_SECONDS: i64 = 60;
+
+/// What one check decided, for the log and the tests.
+#[derive(Debug, Default, PartialEq)]
+pub struct Decision {
+    pub stop: Vec<String>,
+    /// All idle since then (kept in the state for the next check).
+    pub all_idle_since: Option<DateTime<Local>>,
+    pub power_off: bool,
+}
+
+/// The pure policy: given the running models (with when each unit started) and the activity,
+/// which to stop, and whether everything has been idle long enough to power off.
+pub fn decide(
+    config: &Config,
+    activity: &Activity,
+    running: &[(String, Option<DateTime<Local>>)],
+    now: DateTime<Local>,
+) -> Decision {
+    let idle_minutes = config.idle_threshold_minutes;
+    let stop: Vec<String> = running
+        .iter()
+        .filter(|(name, since)| activity.is_idle(name, now, idle_minutes, *since))
+        .map(|(name, _)| name.clone())
+        .collect();
+    let still_running = running.iter().any(|(n, _)| !stop.contains(n));
+    let recent = activity
+        .last_activity
+        .keys()
+        .any(|m| !activity.is_idle(m, now, idle_minutes, None));
+    if still_running || recent {
+        return Decision {
+            stop,
+            all_idle_since: None,
+            power_off: false,
+        };
+    }
+    let since = activity
+        .all_idle_since
+        .as_deref()
+        .and_then(activity::parse_time)
+        .unwrap_or(now);
+    let power_off =
+        config.power_off_when_idle && now - since >= Duration::minutes(idle_minutes as i64);
+    Decision {
+        stop,
+        all_idle_since: Some(since),
+        power_off,
+    }
+}
+
+/// One run of the check (`inference-service --check-idle`).
+pub fn check(config: &Config, store: &ActivityStore) -> anyhow::Result<()> {
+    let now = Local::now();
+    let mut activity = store.load();
+    if let Some(last) = activity
+        .last_check
+        .as_deref()
+        .and_then(activity::parse_time)
+        && now - last
+            < Duration::minutes(config.shutdown_check_interval_minutes as i64)
+                - Duration::seconds(5)
+    {
+        return Ok(());
+    }
+    let running = models::running_since()?;
+    let decision = decide(config, &activity, &running, now);
+    for name in &decision.stop {
+        let unit = models::unit_of(name).expect("names from unit names fit");
+        match dbus::run_and_wait(Verb::Stop, &unit, std::time::Duration::from_secs(90)) {
+            Ok(()) => log_info!(
+                "stopped {unit}: no activity for {} minutes",
+                config.idle_threshold_minutes
+            ),
+            Err(e) => log_warn!("could not stop idle {unit}: {e}"),
+        }
+    }
+    if decision.power_off {
+        schedule_power_off(now)?;
+    }
+    activity.last_check = Some(crate::time::rfc3339(&now));
+    activity.all_idle_since = decision.all_idle_since.map(|t| crate::time::rfc3339(&t));
+    store.save(&activity)
+}
+
+/// Starts a one-off `homelab-shutdown@.timer` (the shutdown service's mechanism), unless a
+/// one-off shutdown is pending already.
+fn schedule_power_off(now: DateTime<Local>) -> anyhow::Result<()> {
+    let pending = dbus::list_units(&[schedule::TIMER_PATTERN])?;
+    let one_off = pending.iter().any(|u| {
+        u.3 == "active"
+            && u.4 == "waiting"
+            && schedule::calendar_of(&u.0).is_some_and(|c| Kind::of(&c) == Kind::OneOff)
+    });
+    if one_off {
+        log_info!("every model is idle; a one-off shutdown is already scheduled");
+        return Ok(());
+    }
+    let at = now.timestamp() + POWER_OFF_DELAY_SECONDS;
+    let unit = schedule::timer_unit(&format!("@{at}")).expect("an epoch fits a unit name");
+    dbus::start_unit_and_wait(&unit)?;
+    log_warn!(
+        "every model has been idle past the threshold: powering off in {POWER_OFF_DELAY_SECONDS} s ({unit}); cancel with POST /shutdown/cancel on port 5001"
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn at(min_ago: i64, now: DateTime<Local>) -> String {
+        crate::time::rfc3339(&(now - Duration::minutes(min_ago)))
+    }
+
+    #[test]
+    fn stops_idle_models_and_powers_off_only_after_the_period() {
+        let now = Local.timestamp_opt(1_795_000_000, 0).unwrap();
+        let config = Config {
+            idle_threshold_minutes: 30,
+            power_off_when_idle: true,
+            ..Config::default()
+        };
+        let mut a = Activity::default();
+        a.last_activity.insert("busy".into(), at(5, now));
+        a.last_activity.insert("quiet".into(), at(45, now));
+        let running = vec![
+            ("busy".to_string(), Some(now - Duration::minutes(60))),
+            ("quiet".to_string(), Some(now - Duration::minutes(60))),
+        ];
+        let d = decide(&config, &a, &running, now);
+        assert_eq!(d.stop, ["quiet"]);
+        assert!(!d.power_off && d.all_idle_since.is_none());
+
+        // A model started a minute ago with no activity yet is not idle.
+        let d = decide(
+            &config,
+            &Activity::default(),
+            &[("new".to_string(), Some(now - Duration::minutes(1)))],
+            now,
+        );
+        assert!(d.stop.is_empty() && !d.power_off);
+
+        // Nothing running, nothing recent: idle from now; power off once that lasted 30 minutes.
+        a.last_activity.remove("busy");
+        let d = decide(&config, &a, &[], now);
+        assert_eq!((d.all_idle_since, d.power_off), (Some(now), false));
+        a.all_idle_since = Some(at(31, now));
+        assert!(decide(&config, &a, &[], now).power_off);
+        let off = Config {
+            power_off_when_idle: false,
+            ..config
+        };
+        assert!(
+            !decide(&off, &a, &[], now).power_off,
+            "power_off_when_idle is off by default"
+        );
+    }
+}
