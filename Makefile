@@ -6,11 +6,12 @@ UNITDIR := $(PREFIX)/lib/systemd/system
 SYSUSERSDIR := $(PREFIX)/lib/sysusers.d
 TMPFILESDIR := $(PREFIX)/lib/tmpfiles.d
 POLKITDIR := $(PREFIX)/share/polkit-1/rules.d
+GENERATORDIR := $(PREFIX)/lib/systemd/system-generators
 DOCDIR := $(PREFIX)/share/doc/homelab
 LOGROTATEDIR := /etc/logrotate.d
 CARGO ?= cargo
 
-BINARIES := shutdown-service inference-service homelab-power-action homelab-exec
+BINARIES := shutdown-service inference-service homelab-power-action homelab-exec brainctl
 
 .PHONY: all build install test e2e demo demo-stop bench clean
 
@@ -23,11 +24,14 @@ install: build
 	install -D -m 755 -t $(DESTDIR)$(BINDIR) $(addprefix target/release/,$(BINARIES))
 	install -d $(DESTDIR)$(UNITDIR)
 	for f in systemd/*; do sed 's|@bindir@|$(BINDIR)|g' "$$f" > "$(DESTDIR)$(UNITDIR)/$${f#systemd/}"; chmod 644 "$(DESTDIR)$(UNITDIR)/$${f#systemd/}"; done
+	install -D -m 755 target/release/brain-experiment-generator $(DESTDIR)$(GENERATORDIR)/brain-experiment-generator
 	install -D -m 644 -t $(DESTDIR)$(SYSUSERSDIR) sysusers.d/*.conf
 	install -D -m 644 -t $(DESTDIR)$(TMPFILESDIR) tmpfiles.d/*.conf
 	install -D -m 644 -t $(DESTDIR)$(POLKITDIR) polkit/*.rules
 	install -D -m 644 -t $(DESTDIR)$(DOCDIR) README.md
 	for f in logrotate/*; do [ -e "$$f" ] || continue; install -D -m 644 "$$f" "$(DESTDIR)$(LOGROTATEDIR)/$${f#logrotate/}"; done
+	@# Experiments come back after a reboot: brain-experiment.target is enabled at install.
+	if command -v systemctl >/dev/null; then systemctl $(if $(DESTDIR),--root=$(DESTDIR)) enable brain-experiment.target; fi
 	@# On a live system (no DESTDIR) apply users and directories now, as a package's postinst would.
 	if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then \
 		systemd-sysusers && systemd-tmpfiles --create && systemctl daemon-reload; fi

@@ -4,7 +4,9 @@
 //! decides and calls systemd. The binaries in `src/bin/` are thin wrappers around it.
 
 pub mod cli;
+pub mod envfile;
 pub mod exec;
+pub mod experiment;
 pub mod http;
 pub mod inference;
 pub mod log;

@@ -43,12 +43,14 @@ pub fn name_of(unit: &str) -> Option<String> {
 /// A running model: its name, and when its unit became active.
 pub type Running = (String, Option<chrono::DateTime<chrono::Local>>);
 
-/// Names of the running models: one `ListUnitsByPatterns` call for all `model@*` units.
+/// Names of the running models, sorted: one `ListUnitsByPatterns` call for all `model@*` units.
 pub fn running() -> Result<Vec<String>, crate::systemd::dbus::SystemdError> {
     Ok(crate::systemd::dbus::list_units(&[UNIT_PATTERN])?
         .into_iter()
         .filter(|u| u.3 == "active" || u.3 == "reloading")
         .filter_map(|u| name_of(&u.0))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
         .collect())
 }
 
@@ -117,7 +119,7 @@ pub fn find(dir: &Path, name: &str) -> Option<Model> {
 fn load(dir: &Path, name: &str) -> Model {
     let path = dir.join(name);
     let port = std::fs::read_to_string(&path).ok().and_then(|text| {
-        parse_env(&text)
+        crate::envfile::parse(&text)
             .into_iter()
             .find(|(k, _)| k == "PORT")
             .and_then(|(_, v)| v.trim().parse().ok())
@@ -129,51 +131,9 @@ fn load(dir: &Path, name: &str) -> Model {
     }
 }
 
-/// Parses an environment file as systemd's `EnvironmentFile=` reads the simple cases:
-/// `KEY=VALUE` lines, `#`/`;` comments, an optional `export ` prefix, single or double quotes.
-pub fn parse_env(text: &str) -> Vec<(String, String)> {
-    text.lines()
-        .filter_map(|line| {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
-                return None;
-            }
-            let line = line.strip_prefix("export ").map_or(line, str::trim_start);
-            let (key, value) = line.split_once('=')?;
-            let key = key.trim();
-            if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                return None;
-            }
-            let value = value.trim();
-            let value = ['"', '\'']
-                .iter()
-                .find_map(|&q| value.strip_prefix(q).and_then(|v| v.strip_suffix(q)))
-                .unwrap_or(value);
-            Some((key.to_string(), value.to_string()))
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn env_files_parse_like_systemd_reads_them() {
-        let text = "# a model\nPORT=8080\nexport MODEL_COMMAND=\"/usr/bin/llama-server --port 8080\"\n; note\nNAME='x y'\nbad line\n=nokey\nA-B=1\n";
-        let env = parse_env(text);
-        assert_eq!(
-            env,
-            vec![
-                ("PORT".into(), "8080".into()),
-                (
-                    "MODEL_COMMAND".into(),
-                    "/usr/bin/llama-server --port 8080".into()
-                ),
-                ("NAME".into(), "x y".into()),
-            ]
-        );
-    }
 
     #[test]
     fn models_are_the_regular_visible_files() {

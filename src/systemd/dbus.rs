@@ -37,6 +37,13 @@ pub trait Manager {
         patterns: &[&str],
     ) -> zbus::Result<Vec<UnitStatus>>;
     fn load_unit(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
+    fn start_transient_unit(
+        &self,
+        name: &str,
+        mode: &str,
+        properties: &[(&str, zbus::zvariant::Value<'_>)],
+        aux: &[(&str, &[(&str, zbus::zvariant::Value<'_>)])],
+    ) -> zbus::Result<OwnedObjectPath>;
 }
 
 #[zbus::proxy(
@@ -260,4 +267,21 @@ pub fn timer_next_elapse(path: &OwnedObjectPath) -> Result<u64, SystemdError> {
         .path(path.clone())?
         .build()?;
     Ok(timer.next_elapse_usec_realtime()?)
+}
+
+/// All properties of `interface` on the unit object at `path` (one `GetAll` call).
+pub fn unit_properties(
+    path: &OwnedObjectPath,
+    interface: &str,
+) -> Result<std::collections::HashMap<String, zbus::zvariant::OwnedValue>, SystemdError> {
+    let props = zbus::blocking::fdo::PropertiesProxy::builder(system_bus()?)
+        .destination("org.freedesktop.systemd1")?
+        .path(path.clone())?
+        .cache_properties(zbus::proxy::CacheProperties::No)
+        .build()?;
+    let iface = zbus::names::InterfaceName::try_from(interface.to_string())
+        .map_err(|e| SystemdError::Failed(format!("bad interface name {interface}: {e}")))?;
+    props
+        .get_all(iface)
+        .map_err(|e| SystemdError::from(zbus::Error::from(e)))
 }

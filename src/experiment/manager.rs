@@ -1,0 +1,279 @@
+//! `ExperimentManager`: the seed's Python `SystemdManager`, over D-Bus instead of `sudo systemctl`.
+
+use super::config::{
+    self, EXPERIMENTS_DIR, Experiment, TARGET, TEMPLATE_PATTERN, TRANSIENT_PATTERN,
+};
+use super::transient::RunSpec;
+use crate::systemd::dbus::{self, SystemdError, UnitStatus, Verb};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+use zbus::zvariant::OwnedValue;
+
+/// What went wrong, by kind, so that a caller (brainctl) can say it and exit accordingly.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ManagerError {
+    /// The id is not a valid experiment id.
+    InvalidId(String),
+    /// No `.env` and no unit for this id.
+    Unknown(String),
+    /// polkit refused: the caller must be root or an admin.
+    Denied(String),
+    Systemd(String),
+}
+
+impl std::fmt::Display for ManagerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ManagerError::InvalidId(m) | ManagerError::Unknown(m) | ManagerError::Systemd(m) => {
+                f.write_str(m)
+            }
+            ManagerError::Denied(m) => write!(
+                f,
+                "{m}: run it as root, or as an admin polkit lets manage units"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ManagerError {}
+
+impl From<SystemdError> for ManagerError {
+    fn from(e: SystemdError) -> ManagerError {
+        match e {
+            SystemdError::Denied(_) => ManagerError::Denied(e.to_string()),
+            other => ManagerError::Systemd(other.to_string()),
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, ManagerError>;
+
+/// One experiment as `brainctl status` shows it. Sizes in bytes; `None` where systemd has no
+/// figure (not running, no limit, or, for the peak, a systemd older than 256).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ExperimentStatus {
+    pub id: String,
+    pub unit: String,
+    /// "template" (brain-experiment@) or "transient" (brain-run-).
+    pub kind: &'static str,
+    /// From the `.env` file; `None` for a transient experiment without one.
+    pub enabled: Option<bool>,
+    pub active_state: String,
+    pub sub_state: String,
+    pub since: Option<String>,
+    pub main_pid: Option<u32>,
+    pub memory_current: Option<u64>,
+    pub memory_peak: Option<u64>,
+    pub memory_limit: Option<u64>,
+    pub cpu_quota_percent: Option<f64>,
+    pub restarts: u32,
+    pub last_exit_status: Option<i32>,
+    pub result: String,
+}
+
+pub struct ExperimentManager {
+    dir: PathBuf,
+}
+
+impl Default for ExperimentManager {
+    fn default() -> Self {
+        ExperimentManager::new()
+    }
+}
+
+impl ExperimentManager {
+    pub fn new() -> ExperimentManager {
+        ExperimentManager {
+            dir: PathBuf::from(EXPERIMENTS_DIR),
+        }
+    }
+
+    pub fn with_dir(dir: PathBuf) -> ExperimentManager {
+        ExperimentManager { dir }
+    }
+
+    fn configured(&self, id: &str) -> Result<Experiment> {
+        config::validate_id(id).map_err(ManagerError::InvalidId)?;
+        config::load(&self.dir, id).map_err(ManagerError::Unknown)
+    }
+
+    /// The unit an id means now: its transient unit when one is loaded and not dead, else the
+    /// template instance (which must have a `.env`).
+    fn unit_for(&self, id: &str) -> Result<String> {
+        config::validate_id(id).map_err(ManagerError::InvalidId)?;
+        let transient = config::transient_unit(id);
+        let loaded = dbus::list_units(&[&transient])?;
+        if loaded.iter().any(|u| u.3 != "inactive") {
+            return Ok(transient);
+        }
+        Ok(self.configured(id)?.unit())
+    }
+
+    /// Starts `brain-experiment@<id>.service` and waits for systemd's answer.
+    pub fn start_experiment(&self, id: &str) -> Result<String> {
+        let unit = self.configured(id)?.unit();
+        dbus::run_and_wait(Verb::Start, &unit, Duration::from_secs(120))?;
+        Ok(unit)
+    }
+
+    pub fn stop_experiment(&self, id: &str) -> Result<String> {
+        let unit = self.unit_for(id)?;
+        dbus::run_and_wait(Verb::Stop, &unit, Duration::from_secs(120))?;
+        Ok(unit)
+    }
+
+    pub fn restart_experiment(&self, id: &str) -> Result<String> {
+        let unit = self.unit_for(id)?;
+        dbus::run_and_wait(Verb::Restart, &unit, Duration::from_secs(120))?;
+        Ok(unit)
+    }
+
+    /// Starts every enabled experiment (`brain-experiment.target`).
+    pub fn start_all(&self) -> Result<()> {
+        Ok(dbus::run_and_wait(
+            Verb::Start,
+            TARGET,
+            Duration::from_secs(300),
+        )?)
+    }
+
+    /// Stops every experiment, template and transient (they are all `PartOf=` the target).
+    pub fn stop_all(&self) -> Result<()> {
+        Ok(dbus::run_and_wait(
+            Verb::Stop,
+            TARGET,
+            Duration::from_secs(300),
+        )?)
+    }
+
+    /// Creates the transient unit; returns its name once systemd has accepted the job.
+    pub fn run_experiment(&self, spec: RunSpec) -> Result<String> {
+        let spec = spec.validate().map_err(ManagerError::InvalidId)?;
+        let unit = spec.unit();
+        let props = spec.properties();
+        dbus::manager()?
+            .start_transient_unit(&unit, "fail", &props, &[])
+            .map_err(SystemdError::from)?;
+        Ok(unit)
+    }
+
+    /// Status of one experiment.
+    pub fn get_status(&self, id: &str) -> Result<ExperimentStatus> {
+        config::validate_id(id).map_err(ManagerError::InvalidId)?;
+        let all = self.list_experiments()?;
+        let mut mine: Vec<ExperimentStatus> = all.into_iter().filter(|s| s.id == id).collect();
+        // A live transient unit wins over an idle template instance.
+        mine.sort_by_key(|s| (s.active_state == "inactive", s.kind != "transient"));
+        mine.into_iter().next().ok_or_else(|| {
+            ManagerError::Unknown(format!(
+                "no experiment {id:?}: no {}/{id}.env and no unit (brainctl list shows them)",
+                self.dir.display()
+            ))
+        })
+    }
+
+    /// Every experiment: the loaded units (one `ListUnitsByPatterns` call, then one `GetAll`
+    /// per unit), and the configured ones that have no unit loaded.
+    pub fn list_experiments(&self) -> Result<Vec<ExperimentStatus>> {
+        let (configured, _) = config::load_all(&self.dir);
+        let units = dbus::list_units(&[TEMPLATE_PATTERN, TRANSIENT_PATTERN])?;
+        let mut out = Vec::new();
+        for unit in &units {
+            let Some(id) = config::id_of(&unit.0) else {
+                continue;
+            };
+            let props = dbus::unit_properties(&unit.6, "org.freedesktop.systemd1.Service")
+                .unwrap_or_default();
+            let enabled = configured.iter().find(|e| e.id == id).map(|e| e.enabled);
+            out.push(status_from(id, unit, &props, enabled));
+        }
+        for e in &configured {
+            if !out.iter().any(|s| s.id == e.id && s.kind == "template") {
+                out.push(ExperimentStatus {
+                    id: e.id.clone(),
+                    unit: e.unit(),
+                    kind: "template",
+                    enabled: Some(e.enabled),
+                    active_state: "inactive".into(),
+                    sub_state: "dead".into(),
+                    since: None,
+                    main_pid: None,
+                    memory_current: None,
+                    memory_peak: None,
+                    memory_limit: Some(e.memory_max),
+                    cpu_quota_percent: e.cpu_quota_percent.map(f64::from),
+                    restarts: 0,
+                    last_exit_status: None,
+                    result: "success".into(),
+                });
+            }
+        }
+        out.sort_by(|a, b| (&a.id, a.kind).cmp(&(&b.id, b.kind)));
+        Ok(out)
+    }
+
+    /// The last `lines` journal lines of the experiment's unit.
+    pub fn get_logs(&self, id: &str, lines: usize) -> Result<Vec<String>> {
+        let unit = self.unit_for(id)?;
+        let out = std::process::Command::new("journalctl")
+            .args([
+                "--no-pager",
+                "-o",
+                "short-iso",
+                "-n",
+                &lines.to_string(),
+                "-u",
+                &unit,
+            ])
+            .output()
+            .map_err(|e| ManagerError::Systemd(format!("cannot run journalctl: {e}")))?;
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect())
+    }
+}
+
+fn prop<T: TryFrom<OwnedValue>>(props: &HashMap<String, OwnedValue>, name: &str) -> Option<T> {
+    props
+        .get(name)
+        .and_then(|v| v.try_clone().ok())
+        .and_then(|v| T::try_from(v).ok())
+}
+
+/// Builds a status from a `ListUnitsByPatterns` entry and the unit's Service properties.
+fn status_from(
+    id: String,
+    unit: &UnitStatus,
+    props: &HashMap<String, OwnedValue>,
+    enabled: Option<bool>,
+) -> ExperimentStatus {
+    let known = |v: Option<u64>| v.filter(|&x| x != u64::MAX);
+    let running = unit.3 == "active" || unit.3 == "reloading" || unit.3 == "deactivating";
+    ExperimentStatus {
+        kind: if unit.0.starts_with(config::TRANSIENT_PREFIX) {
+            "transient"
+        } else {
+            "template"
+        },
+        id,
+        unit: unit.0.clone(),
+        enabled,
+        active_state: unit.3.clone(),
+        sub_state: unit.4.clone(),
+        since: prop::<u64>(props, "ExecMainStartTimestamp")
+            .and_then(crate::shutdown::schedule::local_from_usec)
+            .map(|t| crate::time::rfc3339(&t)),
+        main_pid: prop::<u32>(props, "MainPID").filter(|&p| p != 0),
+        memory_current: known(prop(props, "MemoryCurrent")).filter(|_| running),
+        memory_peak: known(prop(props, "MemoryPeak")),
+        memory_limit: known(prop(props, "MemoryMax")),
+        cpu_quota_percent: known(prop(props, "CPUQuotaPerSecUSec")).map(|u| u as f64 / 10_000.0),
+        restarts: prop(props, "NRestarts").unwrap_or(0),
+        last_exit_status: prop::<i32>(props, "ExecMainStatus")
+            .filter(|_| prop::<u64>(props, "ExecMainExitTimestamp").unwrap_or(0) > 0),
+        result: prop(props, "Result").unwrap_or_default(),
+    }
+}

@@ -1,0 +1,8 @@
+//! Experiments: `brain-experiment@.service` instances with limits from their `.env` files, and
+//! transient `brain-run-<id>.service` units, managed over D-Bus (the seed's `SystemdManager`).
+
+pub mod config;
+pub mod manager;
+pub mod transient;
+
+pub use manager::{ExperimentManager, ExperimentStatus};
