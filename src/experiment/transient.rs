@@ -121,6 +121,29 @@ impl RunSpec {
             ("RestrictRealtime", Value::from(true)),
             ("RestrictSUIDSGID", Value::from(true)),
             ("DevicePolicy", Value::from("closed")),
+            ("ProtectProc", Value::from("invisible")),
+            ("RemoveIPC", Value::from(true)),
+            (
+                "RestrictAddressFamilies",
+                Value::from((
+                    true,
+                    vec!["AF_UNIX", "AF_INET", "AF_INET6", "AF_NETLINK"]
+                        .into_iter()
+                        .map(String::from)
+                        .collect::<Vec<_>>(),
+                )),
+            ),
+            // The namespaces an experiment may create: none (RestrictNamespaces=yes).
+            ("RestrictNamespaces", Value::from(0u64)),
+            (
+                "SystemCallArchitectures",
+                Value::from(vec!["native".to_string()]),
+            ),
+            (
+                "SystemCallFilter",
+                Value::from((true, vec!["@system-service".to_string()])),
+            ),
+            ("UMask", Value::from(0o027u32)),
         ];
         if let Some(usec) = self.cpu_quota_percent.map(|p| u64::from(p) * 10_000) {
             props.push(("CPUQuotaPerSecUSec", Value::from(usec)));

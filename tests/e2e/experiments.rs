@@ -200,6 +200,44 @@ fn brainctl_run_makes_a_transient_unit_with_limits(s: &Sandbox) -> Result<()> {
         s.prop(t, "PartOf")?.contains("brain-experiment.target"),
         "not PartOf the target"
     );
+    // The same policy and hardening as the template (one list in transient.rs, one unit file).
+    for p in [
+        "User",
+        "Slice",
+        "Restart",
+        "RestartUSec",
+        "StartLimitBurst",
+        "StartLimitIntervalUSec",
+        "TimeoutStopUSec",
+        "CapabilityBoundingSet",
+        "NoNewPrivileges",
+        "PrivateTmp",
+        "ProtectSystem",
+        "ProtectHome",
+        "ProtectKernelTunables",
+        "ProtectKernelModules",
+        "ProtectKernelLogs",
+        "ProtectControlGroups",
+        "ProtectClock",
+        "ProtectHostname",
+        "LockPersonality",
+        "RestrictRealtime",
+        "RestrictSUIDSGID",
+        "DevicePolicy",
+        "ProtectProc",
+        "RemoveIPC",
+        "RestrictAddressFamilies",
+        "RestrictNamespaces",
+        "SystemCallArchitectures",
+        "SystemCallFilter",
+        "UMask",
+    ] {
+        ensure_eq!(
+            s.prop(t, p)?,
+            s.prop(&unit("e1"), p)?,
+            "{p} of the transient unit vs the template"
+        );
+    }
     let pid = s.prop(t, "MainPID")?;
     let env = s.ok(&format!("tr '\\0' '\\n' < /proc/{pid}/environ"))?;
     ensure!(
