@@ -11,14 +11,14 @@ DOCDIR := $(PREFIX)/share/doc/homelab
 LOGROTATEDIR := /etc/logrotate.d
 CARGO ?= cargo
 
-BINARIES := shutdown-service inference-service homelab-power-action homelab-exec brainctl
+BINARIES := shutdown-service inference-service homelab-power-action homelab-exec brainctl brain-coordinator brain-admit
 
 .PHONY: all build install test e2e demo demo-stop bench clean
 
 all: build
 
 build:
-	$(CARGO) build --release --locked
+	HOMELAB_BINDIR=$(BINDIR) $(CARGO) build --release --locked
 
 install: build
 	install -D -m 755 -t $(DESTDIR)$(BINDIR) $(addprefix target/release/,$(BINARIES))
@@ -31,7 +31,7 @@ install: build
 	install -D -m 644 -t $(DESTDIR)$(DOCDIR) README.md
 	for f in logrotate/*; do [ -e "$$f" ] || continue; install -D -m 644 "$$f" "$(DESTDIR)$(LOGROTATEDIR)/$${f#logrotate/}"; done
 	@# Experiments come back after a reboot: brain-experiment.target is enabled at install.
-	if command -v systemctl >/dev/null; then systemctl $(if $(DESTDIR),--root=$(DESTDIR)) enable brain-experiment.target; fi
+	if command -v systemctl >/dev/null; then systemctl $(if $(DESTDIR),--root=$(DESTDIR)) enable brain-experiment.target brain-experiment-coordinator.service; fi
 	@# On a live system (no DESTDIR) apply users and directories now, as a package's postinst would.
 	if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then \
 		systemd-sysusers && systemd-tmpfiles --create && systemctl daemon-reload; fi

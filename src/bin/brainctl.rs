@@ -202,6 +202,7 @@ fn print_status(s: &ExperimentStatus, json: bool) {
             s.enabled
                 .map_or("-".into(), |e| if e { "yes".into() } else { "no".into() }),
         ),
+        ("queued", s.queued.clone().unwrap_or_else(|| "-".into())),
     ];
     for (k, v) in rows {
         println!("{k:>10}: {v}");
@@ -222,7 +223,11 @@ fn print_table(all: &[ExperimentStatus], json: bool) {
             "{:<24} {:<9} {:<22} {:>8} {:>8} {:>8} {:>6} {:>8}",
             s.id,
             s.kind,
-            format!("{} ({})", s.active_state, s.sub_state),
+            if s.queued.is_some() {
+                "queued".to_string()
+            } else {
+                format!("{} ({})", s.active_state, s.sub_state)
+            },
             s.main_pid.map_or("-".into(), |p| p.to_string()),
             size(s.memory_current),
             size(s.memory_limit),

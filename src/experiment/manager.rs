@@ -71,6 +71,8 @@ pub struct ExperimentStatus {
     pub restarts: u32,
     pub last_exit_status: Option<i32>,
     pub result: String,
+    /// Waiting for admission (`activating (start-pre)`), and why, as the coordinator says.
+    pub queued: Option<String>,
 }
 
 pub struct ExperimentManager {
@@ -207,6 +209,7 @@ impl ExperimentManager {
                     restarts: 0,
                     last_exit_status: None,
                     result: "success".into(),
+                    queued: None,
                 });
             }
         }
@@ -275,5 +278,13 @@ fn status_from(
         last_exit_status: prop::<i32>(props, "ExecMainStatus")
             .filter(|_| prop::<u64>(props, "ExecMainExitTimestamp").unwrap_or(0) > 0),
         result: prop(props, "Result").unwrap_or_default(),
+        queued: (unit.3 == "activating" && unit.4 == "start-pre").then(|| {
+            let reasons: std::collections::BTreeMap<String, String> =
+                crate::statefile::load(std::path::Path::new(crate::coordinator::QUEUE_FILE));
+            reasons
+                .get(&unit.0)
+                .cloned()
+                .unwrap_or_else(|| "waiting for the coordinator".into())
+        }),
     }
 }

@@ -13,6 +13,9 @@ pub const START_LIMIT_BURST: u32 = 3;
 pub const START_LIMIT_INTERVAL_USEC: u64 = 600_000_000;
 pub const TIMEOUT_STOP_USEC: u64 = 60_000_000;
 pub const USER: &str = "brain";
+/// The admission gate, installed beside brainctl (the template's ExecStartPre=).
+pub const GATE: &str = concat!(env!("HOMELAB_BINDIR"), "/brain-admit");
+pub const COORDINATOR_SOCKET: &str = "brain-experiment-coordinator.socket";
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct RunSpec {
@@ -81,6 +84,13 @@ impl RunSpec {
                 Value::from(format!("Brain-in-jar experiment {} (transient)", self.id)),
             ),
             ("Type", Value::from("exec")),
+            (
+                "ExecStartPre",
+                Value::from(vec![(GATE.to_string(), vec![GATE.to_string()], false)]),
+            ),
+            ("TimeoutStartUSec", Value::from(u64::MAX)),
+            ("Wants", Value::from(vec![COORDINATOR_SOCKET.to_string()])),
+            ("After", Value::from(vec![COORDINATOR_SOCKET.to_string()])),
             ("ExecStart", Value::from(exec)),
             ("Slice", Value::from(SLICE)),
             ("PartOf", Value::from(vec![TARGET.to_string()])),

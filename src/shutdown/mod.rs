@@ -250,10 +250,21 @@ impl ShutdownService {
             let _guard = self.guard();
             self.pending()?
         };
+        // Experiments that a shutdown would stop (they get the coordinator's delay inhibitor).
+        let running: Vec<String> = dbus::list_units(&[
+            crate::experiment::config::TEMPLATE_PATTERN,
+            crate::experiment::config::TRANSIENT_PATTERN,
+        ])
+        .map_err(ApiError::from)?
+        .into_iter()
+        .filter(|u| u.3 == "active")
+        .filter_map(|u| crate::experiment::config::id_of(&u.0))
+        .collect();
         Ok(Response::ok(json!({
             "status": "success",
             "has_shutdown": !pending.is_empty(),
             "next_shutdown": pending.first().map(|p| p.entry(now)),
+            "running_experiments": running,
         })))
     }
 

@@ -37,6 +37,15 @@ pub trait Manager {
         patterns: &[&str],
     ) -> zbus::Result<Vec<UnitStatus>>;
     fn load_unit(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
+    fn subscribe(&self) -> zbus::Result<()>;
+    fn set_unit_properties(
+        &self,
+        name: &str,
+        runtime: bool,
+        properties: &[(&str, zbus::zvariant::Value<'_>)],
+    ) -> zbus::Result<()>;
+    fn freeze_unit(&self, name: &str) -> zbus::Result<()>;
+    fn thaw_unit(&self, name: &str) -> zbus::Result<()>;
     fn start_transient_unit(
         &self,
         name: &str,
@@ -116,6 +125,13 @@ pub trait Job {
 pub trait LoginManager {
     fn power_off(&self, interactive: bool) -> zbus::Result<()>;
     fn reboot(&self, interactive: bool) -> zbus::Result<()>;
+    fn inhibit(
+        &self,
+        what: &str,
+        who: &str,
+        why: &str,
+        mode: &str,
+    ) -> zbus::Result<zbus::zvariant::OwnedFd>;
 }
 
 /// Why a call to systemd failed, in the terms an API client can act on.
@@ -284,4 +300,10 @@ pub fn unit_properties(
     props
         .get_all(iface)
         .map_err(|e| SystemdError::from(zbus::Error::from(e)))
+}
+
+/// One numeric property of a service unit (e.g. `MemoryMax`), `None` when it cannot be read.
+pub fn service_u64(path: &OwnedObjectPath, name: &str) -> Option<u64> {
+    let props = unit_properties(path, "org.freedesktop.systemd1.Service").ok()?;
+    u64::try_from(props.get(name)?.try_clone().ok()?).ok()
 }

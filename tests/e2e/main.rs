@@ -1,6 +1,7 @@
 //! End-to-end suite: every case runs against a booted systemd (Debian's, in systemd-nspawn), from
 //! outside, as a user would. `cargo test --release --test e2e [FILTER...]`, as root.
 
+mod coordinator;
 mod experiments;
 mod harness;
 mod inference;
@@ -12,6 +13,7 @@ fn main() -> std::process::ExitCode {
         platform::GROUP,
         inference::GROUP,
         experiments::GROUP,
+        coordinator::GROUP,
         shutdown::GROUP,
         shutdown::POWER_GROUP,
         shutdown::REBOOT_GROUP,
