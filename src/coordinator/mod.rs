@@ -8,6 +8,7 @@
 //! starts nothing, so nothing is started twice.
 
 pub mod config;
+pub mod nvml;
 pub mod policy;
 pub mod thermal;
 
@@ -53,6 +54,8 @@ struct Coordinator {
     granted: BTreeSet<String>,
     inhibitor: Option<zbus::zvariant::OwnedFd>,
     reasons: BTreeMap<String, String>,
+    /// NVIDIA GPUs, when the NVML library is there.
+    nvml: Option<nvml::Nvml>,
 }
 
 /// Runs the coordinator until killed.
@@ -90,7 +93,11 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
         granted: BTreeSet::new(),
         inhibitor: None,
         reasons: BTreeMap::new(),
+        nvml: nvml::Nvml::load(),
     };
+    if c.nvml.is_some() {
+        log_info!("reading GPU temperatures through NVML");
+    }
     let watchdog = sd_notify::watchdog_enabled();
     c.check_temperature();
     c.evaluate();
@@ -228,6 +235,16 @@ impl Coordinator {
     /// Reads the sources and applies a change of thermal state; true when admission may change.
     fn check_temperature(&mut self) -> bool {
         self.hottest = thermal::hottest(&self.sources());
+        let gpus = self
+            .nvml
+            .as_ref()
+            .map(|n| n.temperatures())
+            .unwrap_or_default();
+        if let Some((label, t)) = gpus.into_iter().max_by(|a, b| a.1.total_cmp(&b.1))
+            && self.hottest.as_ref().is_none_or(|(_, h)| t > *h)
+        {
+            self.hottest = Some((PathBuf::from(label), t));
+        }
         let next =
             policy::thermal_next(self.thermal, self.hottest.as_ref().map(|h| h.1), &self.cfg);
         if next == Thermal::Critical {
