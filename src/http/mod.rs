@@ -286,6 +286,24 @@ fn match_pattern<'a>(pattern: &str, path: &'a str) -> Option<Vec<&'a str>> {
     }
 }
 
+/// Routes a request and applies the services' auth policy: every method that changes state
+/// (anything but GET and HEAD) needs the bearer token; reads stay open. `Err` is the response
+/// to send (404, 405 or 401).
+pub fn route_authorized<'a, R: Copy>(
+    routes: &[(Method, &str, R)],
+    req: &'a Request,
+    auth: &auth::Auth,
+) -> Result<(R, Vec<&'a str>), Response> {
+    let (tag, captures) = match route(routes, req.method, &req.path) {
+        RouteMatch::Found(tag, captures) => (tag, captures),
+        other => return Err(route_error(other, req.method, &req.path)),
+    };
+    if !matches!(req.method, Method::Get | Method::Head) {
+        auth.check(req)?;
+    }
+    Ok((tag, captures))
+}
+
 /// The standard answer when [`route`] finds nothing.
 pub fn route_error<R>(m: RouteMatch<'_, R>, method: Method, path: &str) -> Response {
     match m {
@@ -402,6 +420,50 @@ mod tests {
         let r = route_error(route(ROUTES, Method::Get, "/x"), Method::Get, "/x");
         assert_eq!(r.status, 404);
         assert!(r.body["message"].as_str().unwrap().contains("/x"));
+    }
+
+    #[test]
+    fn reads_are_open_and_every_change_needs_the_token() {
+        let auth = auth::Auth::from_token("0123456789abcdef0123").unwrap();
+        let routes: &[(Method, &str, u8)] = &[
+            (Method::Get, "/x", 0),
+            (Method::Post, "/x", 1),
+            (Method::Delete, "/x/{}", 2),
+        ];
+        assert_eq!(
+            route_authorized(routes, &Request::new(Method::Get, "/x"), &auth)
+                .unwrap()
+                .0,
+            0
+        );
+        assert_eq!(
+            route_authorized(routes, &Request::new(Method::Post, "/x"), &auth)
+                .unwrap_err()
+                .status,
+            401
+        );
+        assert_eq!(
+            route_authorized(routes, &Request::new(Method::Delete, "/x/1"), &auth)
+                .unwrap_err()
+                .status,
+            401
+        );
+        let with = Request::new(Method::Post, "/x")
+            .with_header("Authorization", "Bearer 0123456789abcdef0123");
+        assert_eq!(route_authorized(routes, &with, &auth).unwrap().0, 1);
+        // Unknown routes and methods are 404/405 before auth is asked.
+        assert_eq!(
+            route_authorized(routes, &Request::new(Method::Post, "/nope"), &auth)
+                .unwrap_err()
+                .status,
+            404
+        );
+        assert_eq!(
+            route_authorized(routes, &Request::new(Method::Put, "/x"), &auth)
+                .unwrap_err()
+                .status,
+            405
+        );
     }
 
     #[test]

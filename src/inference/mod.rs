@@ -9,7 +9,7 @@ pub mod idle;
 pub mod models;
 
 use crate::http::auth::Auth;
-use crate::http::{self, ApiError, Method, Request, Response, RouteMatch, Service};
+use crate::http::{self, ApiError, Method, Request, Response, Service};
 use crate::systemd::dbus::{self, Verb};
 use activity::ActivityStore;
 use chrono::Local;
@@ -271,15 +271,10 @@ impl Service for InferenceService {
     }
 
     fn handle(&self, req: &Request) -> Response {
-        let (route, captures) = match http::route(ROUTES, req.method, &req.path) {
-            RouteMatch::Found(route, captures) => (route, captures),
-            other => return http::route_error(other, req.method, &req.path),
+        let (route, captures) = match http::route_authorized(ROUTES, req, &self.auth) {
+            Ok(found) => found,
+            Err(response) => return response,
         };
-        if req.method == Method::Post
-            && let Err(e) = self.auth.check(req)
-        {
-            return e.into();
-        }
         let result = match route {
             Route::Index => Ok(self.index()),
             Route::Health => Ok(http::health(self)),

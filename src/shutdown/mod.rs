@@ -10,7 +10,7 @@ pub mod state;
 pub mod system;
 
 use crate::http::auth::Auth;
-use crate::http::{self, ApiError, Method, Request, Response, RouteMatch, Service};
+use crate::http::{self, ApiError, Method, Request, Response, Service};
 use crate::systemd::dbus::{self, SystemdError};
 use crate::{log_info, log_warn};
 use chrono::Local;
@@ -333,15 +333,10 @@ impl Service for ShutdownService {
     }
 
     fn handle(&self, req: &Request) -> Response {
-        let (route, captures) = match http::route(ROUTES, req.method, &req.path) {
-            RouteMatch::Found(route, captures) => (route, captures),
-            other => return http::route_error(other, req.method, &req.path),
+        let (route, captures) = match http::route_authorized(ROUTES, req, &self.auth) {
+            Ok(found) => found,
+            Err(response) => return response,
         };
-        if matches!(req.method, Method::Post | Method::Delete)
-            && let Err(e) = self.auth.check(req)
-        {
-            return e.into();
-        }
         let result = match route {
             Route::Index => Ok(self.index()),
             Route::Health => Ok(http::health(self)),
