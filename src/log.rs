@@ -15,19 +15,21 @@ fn to_journal() -> bool {
 }
 
 /// Writes one line; newlines inside a message are escaped so one call is one journal entry.
+/// The whole line goes out in one `write()`: stderr is unbuffered, and a line in pieces costs
+/// journald a wake-up per piece.
 pub fn write(priority: u8, args: std::fmt::Arguments<'_>) {
     let msg = args.to_string().replace('\n', "\\n");
-    let mut err = std::io::stderr().lock();
-    let _ = if to_journal() {
-        writeln!(err, "<{priority}>{msg}")
+    let line = if to_journal() {
+        format!("<{priority}>{msg}\n")
     } else {
         let label = match priority {
             0..=ERR => "error: ",
             WARNING => "warning: ",
             _ => "",
         };
-        writeln!(err, "{label}{msg}")
+        format!("{label}{msg}\n")
     };
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
 
 #[macro_export]
