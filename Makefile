@@ -52,6 +52,7 @@ demo-stop:
 
 bench:
 	bash benches/run.sh
+	bash benches/experiments.sh
 
 clean:
 	$(CARGO) clean
