@@ -1,6 +1,6 @@
 //! Timestamps as the API shows them: RFC 3339 in the machine's local time zone, with its offset.
 
-use chrono::{DateTime, Local, SecondsFormat};
+use chrono::{DateTime, Local, SecondsFormat, TimeZone};
 
 pub fn now_rfc3339() -> String {
     rfc3339(&Local::now())
@@ -8,4 +8,13 @@ pub fn now_rfc3339() -> String {
 
 pub fn rfc3339(t: &DateTime<Local>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, false)
+}
+
+/// A systemd timestamp (microseconds since the epoch) in local time; `None` for 0 and
+/// `u64::MAX`, which systemd uses for "never" and "unset".
+pub fn from_usec(usec: u64) -> Option<DateTime<Local>> {
+    if usec == 0 || usec == u64::MAX {
+        return None;
+    }
+    Local.timestamp_micros(i64::try_from(usec).ok()?).single()
 }

@@ -54,6 +54,8 @@ struct Coordinator {
     granted: BTreeSet<String>,
     inhibitor: Option<zbus::zvariant::OwnedFd>,
     reasons: BTreeMap<String, String>,
+    /// Experiments active at the last evaluation (for the status line).
+    running: usize,
     /// NVIDIA GPUs, when the NVML library is there.
     nvml: Option<nvml::Nvml>,
 }
@@ -94,6 +96,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
         inhibitor: None,
         reasons: BTreeMap::new(),
         nvml: nvml::Nvml::load(),
+        running: 0,
     };
     if c.nvml.is_some() {
         log_info!("reading GPU temperatures through NVML");
@@ -408,6 +411,7 @@ impl Coordinator {
             }
         }
         let _ = crate::statefile::save(Path::new(QUEUE_FILE), &self.reasons);
+        self.running = units.iter().filter(|u| u.3 == "active").count();
         self.hold_inhibitor(admitted.len() + self.granted.len());
     }
 
@@ -432,8 +436,7 @@ impl Coordinator {
     }
 
     fn status_line(&self) -> String {
-        let units = self.experiments();
-        let running = units.iter().filter(|u| u.3 == "active").count();
+        let running = self.running;
         let queued = self.waiting.len();
         let hot = self
             .hottest

@@ -220,22 +220,8 @@ impl ExperimentManager {
     /// The last `lines` journal lines of the experiment's unit.
     pub fn get_logs(&self, id: &str, lines: usize) -> Result<Vec<String>> {
         let unit = self.unit_for(id)?;
-        let out = std::process::Command::new("journalctl")
-            .args([
-                "--no-pager",
-                "-o",
-                "short-iso",
-                "-n",
-                &lines.to_string(),
-                "-u",
-                &unit,
-            ])
-            .output()
-            .map_err(|e| ManagerError::Systemd(format!("cannot run journalctl: {e}")))?;
-        Ok(String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(str::to_string)
-            .collect())
+        crate::systemd::journal_lines(&unit, lines, "short-iso")
+            .map_err(|e| ManagerError::Systemd(format!("cannot run journalctl: {e}")))
     }
 }
 
@@ -267,7 +253,7 @@ fn status_from(
         active_state: unit.3.clone(),
         sub_state: unit.4.clone(),
         since: prop::<u64>(props, "ExecMainStartTimestamp")
-            .and_then(crate::shutdown::schedule::local_from_usec)
+            .and_then(crate::time::from_usec)
             .map(|t| crate::time::rfc3339(&t)),
         main_pid: prop::<u32>(props, "MainPID").filter(|&p| p != 0),
         memory_current: known(prop(props, "MemoryCurrent")).filter(|_| running),

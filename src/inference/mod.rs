@@ -121,7 +121,7 @@ impl InferenceService {
                     format!("model {} did not start: {unit} is {state} ({sub}), result {result}, exit status {status}", model.name),
                 )
                 .with_extra("unit", json!(unit))
-                .with_extra("journal", json!(journal_tail(&unit))));
+                .with_extra("journal", json!(crate::systemd::journal_lines(&unit, 10, "cat").unwrap_or_default())));
             }
         }
         let done = match verb {
@@ -144,7 +144,7 @@ impl InferenceService {
         let since = u
             .state_change_timestamp()
             .ok()
-            .and_then(crate::shutdown::schedule::local_from_usec);
+            .and_then(crate::time::from_usec);
         let mut body = model.json();
         if let Value::Object(map) = &mut body {
             map.extend(Map::from_iter([
@@ -292,21 +292,6 @@ impl Service for InferenceService {
         };
         result.unwrap_or_else(Response::from)
     }
-}
-
-/// The last lines the unit logged (needs read access to the journal; empty without it).
-fn journal_tail(unit: &str) -> Vec<String> {
-    std::process::Command::new("journalctl")
-        .args(["--no-pager", "-o", "cat", "-n", "10", "-u", unit])
-        .stdin(std::process::Stdio::null())
-        .output()
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .map(str::to_string)
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// Builds the service from its configuration file and credential.

@@ -63,7 +63,7 @@ pub fn running_since() -> Result<Vec<Running>, crate::systemd::dbus::SystemdErro
             let since = unit_of(&name)
                 .and_then(|unit| crate::systemd::dbus::unit(&unit).ok())
                 .and_then(|(unit, _)| unit.active_enter_timestamp().ok())
-                .and_then(crate::shutdown::schedule::local_from_usec);
+                .and_then(crate::time::from_usec);
             (name, since)
         })
         .collect())

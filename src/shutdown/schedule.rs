@@ -5,7 +5,7 @@
 
 use crate::http::{ApiError, json_type_name};
 use crate::systemd::escape;
-use chrono::{DateTime, Local, TimeZone};
+use chrono::{DateTime, Local};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
@@ -261,7 +261,7 @@ impl Pending {
     /// The entry the API shows: the original's fields (`scheduled_time`, `minutes_from_now`,
     /// `created_at`) and ours.
     pub fn entry(&self, now: DateTime<Local>) -> Value {
-        let next = local_from_usec(self.next_elapse_usec);
+        let next = crate::time::from_usec(self.next_elapse_usec);
         let seconds_left = next.map_or(0, |t| (t.timestamp() - now.timestamp()).max(0));
         let next_str = next.map(|t| crate::time::rfc3339(&t));
         json!({
@@ -276,13 +276,6 @@ impl Pending {
             "created_at": self.stored.as_ref().map(|s| s.created_at.clone()),
         })
     }
-}
-
-pub fn local_from_usec(usec: u64) -> Option<DateTime<Local>> {
-    if usec == 0 || usec == u64::MAX {
-        return None;
-    }
-    Local.timestamp_micros(i64::try_from(usec).ok()?).single()
 }
 
 /// The next elapse of a one-off calendar (`@EPOCH`), in microseconds; `None` for recurring ones.
@@ -307,6 +300,7 @@ pub fn schedule_id(unit: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::TimeZone;
 
     fn now() -> DateTime<Local> {
         Local.timestamp_opt(1_795_000_000, 0).unwrap()

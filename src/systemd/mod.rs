@@ -18,7 +18,23 @@ pub fn notify_stopping() {
     let _ = sd_notify::notify(&[NotifyState::Stopping]);
 }
 
-/// Updates the `STATUS=` line `systemctl status` shows.
-pub fn notify_status(status: &str) {
-    let _ = sd_notify::notify(&[NotifyState::Status(status)]);
+/// The last `lines` journal lines of `unit` (`journalctl -o OUTPUT`); empty where the caller may
+/// not read the journal.
+pub fn journal_lines(unit: &str, lines: usize, output: &str) -> std::io::Result<Vec<String>> {
+    let out = std::process::Command::new("journalctl")
+        .args([
+            "--no-pager",
+            "-o",
+            output,
+            "-n",
+            &lines.to_string(),
+            "-u",
+            unit,
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect())
 }
