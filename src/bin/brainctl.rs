@@ -80,6 +80,15 @@ fn parse_cpu(s: &str) -> Result<u32, String> {
 }
 
 fn main() -> ExitCode {
+    // `brainctl status --json | head` must end quietly, as other Unix tools do, instead of
+    // panicking on the closed pipe: the default SIGPIPE action ends the process.
+    // SAFETY: no other thread runs yet, and SIG_DFL installs no handler code.
+    let _ = unsafe {
+        nix::sys::signal::signal(
+            nix::sys::signal::Signal::SIGPIPE,
+            nix::sys::signal::SigHandler::SigDfl,
+        )
+    };
     let cli = Cli::parse();
     let m = ExperimentManager::new();
     let result = match cli.command {

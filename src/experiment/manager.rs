@@ -5,8 +5,9 @@ use super::config::{
 };
 use super::transient::RunSpec;
 use crate::systemd::dbus::{self, SystemdError, UnitStatus, Verb};
+use crate::systemd::procfs;
 use serde::Serialize;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::time::Duration;
 use zbus::zvariant::OwnedValue;
@@ -50,8 +51,9 @@ impl From<SystemdError> for ManagerError {
 
 pub type Result<T> = std::result::Result<T, ManagerError>;
 
-/// One experiment as `brainctl status` shows it. Sizes in bytes; `None` where systemd has no
-/// figure (not running, no limit, or, for the peak, a systemd older than 256).
+/// One experiment as `brainctl status` shows it. Sizes in bytes; `None` where there is no figure
+/// (not running, no limit, or no memory accounting for the unit's cgroup; the peak needs cgroup
+/// v1 or, on v2, Linux 5.19).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ExperimentStatus {
     pub id: String,
@@ -164,8 +166,7 @@ impl ExperimentManager {
     /// Status of one experiment.
     pub fn get_status(&self, id: &str) -> Result<ExperimentStatus> {
         config::validate_id(id).map_err(ManagerError::InvalidId)?;
-        let all = self.list_experiments()?;
-        let mut mine: Vec<ExperimentStatus> = all.into_iter().filter(|s| s.id == id).collect();
+        let mut mine = self.statuses(Some(id))?;
         // A live transient unit wins over an idle template instance.
         mine.sort_by_key(|s| (s.active_state == "inactive", s.kind != "transient"));
         mine.into_iter().next().ok_or_else(|| {
@@ -176,20 +177,48 @@ impl ExperimentManager {
         })
     }
 
-    /// Every experiment: the loaded units (one `ListUnitsByPatterns` call, then one `GetAll`
-    /// per unit), and the configured ones that have no unit loaded.
+    /// Every experiment: the loaded units (one `ListUnitsByPatterns` call, then their properties
+    /// in one pipelined batch, see [`dbus::properties`]), and the configured ones that have no
+    /// unit loaded.
     pub fn list_experiments(&self) -> Result<Vec<ExperimentStatus>> {
+        self.statuses(None)
+    }
+
+    /// The experiments, or only those of the id `only`.
+    fn statuses(&self, only: Option<&str>) -> Result<Vec<ExperimentStatus>> {
         let (configured, _) = config::load_all(&self.dir);
-        let units = dbus::list_units(&[TEMPLATE_PATTERN, TRANSIENT_PATTERN])?;
+        let configured: Vec<Experiment> = configured
+            .into_iter()
+            .filter(|e| only.is_none_or(|id| e.id == id))
+            .collect();
+        let units: Vec<(String, UnitStatus)> =
+            dbus::list_units(&[TEMPLATE_PATTERN, TRANSIENT_PATTERN])?
+                .into_iter()
+                .filter_map(|u| Some((config::id_of(&u.0)?, u)))
+                .filter(|(id, _)| only.is_none_or(|only| id == only))
+                .collect();
+        let mut requests = Vec::new();
+        for (_, unit) in &units {
+            for name in wanted_properties(&unit.3) {
+                requests.push((&unit.6, dbus::SERVICE_INTERFACE, *name));
+            }
+        }
+        let mut values = dbus::properties(&requests)?.into_iter();
+        // Why queued units wait, as the coordinator wrote it (read only when one is queued).
+        let queue: BTreeMap<String, String> = if units.iter().any(|(_, u)| u.4 == "start-pre") {
+            crate::statefile::load(std::path::Path::new(crate::coordinator::QUEUE_FILE))
+        } else {
+            BTreeMap::new()
+        };
         let mut out = Vec::new();
-        for unit in &units {
-            let Some(id) = config::id_of(&unit.0) else {
-                continue;
-            };
-            let props = dbus::unit_properties(&unit.6, "org.freedesktop.systemd1.Service")
-                .unwrap_or_default();
+        for (id, unit) in units {
+            let props: HashMap<&str, OwnedValue> = wanted_properties(&unit.3)
+                .iter()
+                .zip(values.by_ref())
+                .filter_map(|(name, v)| Some((*name, v?)))
+                .collect();
             let enabled = configured.iter().find(|e| e.id == id).map(|e| e.enabled);
-            out.push(status_from(id, unit, &props, enabled));
+            out.push(status_from(id, &unit, &props, enabled, &queue));
         }
         for e in &configured {
             if !out.iter().any(|s| s.id == e.id && s.kind == "template") {
@@ -225,22 +254,62 @@ impl ExperimentManager {
     }
 }
 
-fn prop<T: TryFrom<OwnedValue>>(props: &HashMap<String, OwnedValue>, name: &str) -> Option<T> {
+/// The service properties a status needs from systemd, by the unit's active state: the fewer,
+/// the faster `brainctl status` is over many units (each is one message through the bus). In the
+/// active and reloading states there is no exit to report and systemd's `Result` is "success" by
+/// definition (it is reset when the unit starts, and a failure leaves those states), and the
+/// main process's start time and the memory figures are read from /proc and the unit's cgroup
+/// (see `systemd::procfs`).
+fn wanted_properties(active_state: &str) -> &'static [&'static str] {
+    const RUNNING: &[&str] = &["NRestarts", "MemoryMax", "CPUQuotaPerSecUSec", "MainPID"];
+    const CHANGING: &[&str] = &[
+        "NRestarts",
+        "ExecMainStartTimestamp",
+        "MemoryMax",
+        "CPUQuotaPerSecUSec",
+        "MainPID",
+        "ExecMainCode",
+        "ExecMainStatus",
+        "Result",
+    ];
+    const DOWN: &[&str] = &[
+        "NRestarts",
+        "ExecMainStartTimestamp",
+        "MemoryMax",
+        "CPUQuotaPerSecUSec",
+        "ExecMainCode",
+        "ExecMainStatus",
+        "Result",
+    ];
+    match active_state {
+        "active" | "reloading" => RUNNING,
+        "activating" | "deactivating" => CHANGING,
+        _ => DOWN,
+    }
+}
+
+fn prop<T: TryFrom<OwnedValue>>(props: &HashMap<&str, OwnedValue>, name: &str) -> Option<T> {
     props
         .get(name)
         .and_then(|v| v.try_clone().ok())
         .and_then(|v| T::try_from(v).ok())
 }
 
-/// Builds a status from a `ListUnitsByPatterns` entry and the unit's Service properties.
+/// Builds a status from a `ListUnitsByPatterns` entry and the unit's service properties (those
+/// [`wanted_properties`] names).
 fn status_from(
     id: String,
     unit: &UnitStatus,
-    props: &HashMap<String, OwnedValue>,
+    props: &HashMap<&str, OwnedValue>,
     enabled: Option<bool>,
+    queue: &BTreeMap<String, String>,
 ) -> ExperimentStatus {
     let known = |v: Option<u64>| v.filter(|&x| x != u64::MAX);
-    let running = unit.3 == "active" || unit.3 == "reloading" || unit.3 == "deactivating";
+    let main_pid = prop::<u32>(props, "MainPID").filter(|&p| p != 0);
+    let (memory_current, memory_peak) = main_pid
+        .map(|pid| procfs::memory_of(pid, &unit.0))
+        .unwrap_or_default();
+    let running = matches!(unit.3.as_str(), "active" | "reloading");
     ExperimentStatus {
         kind: if unit.0.starts_with(config::TRANSIENT_PREFIX) {
             "transient"
@@ -253,21 +322,25 @@ fn status_from(
         active_state: unit.3.clone(),
         sub_state: unit.4.clone(),
         since: prop::<u64>(props, "ExecMainStartTimestamp")
+            .or_else(|| main_pid.and_then(procfs::start_usec))
             .and_then(crate::time::from_usec)
             .map(|t| crate::time::rfc3339(&t)),
-        main_pid: prop::<u32>(props, "MainPID").filter(|&p| p != 0),
-        memory_current: known(prop(props, "MemoryCurrent")).filter(|_| running),
-        memory_peak: known(prop(props, "MemoryPeak")),
+        main_pid,
+        memory_current,
+        memory_peak,
         memory_limit: known(prop(props, "MemoryMax")),
         cpu_quota_percent: known(prop(props, "CPUQuotaPerSecUSec")).map(|u| u as f64 / 10_000.0),
         restarts: prop(props, "NRestarts").unwrap_or(0),
+        // ExecMainCode is 0 until the main process has exited (CLD_EXITED and so on after).
         last_exit_status: prop::<i32>(props, "ExecMainStatus")
-            .filter(|_| prop::<u64>(props, "ExecMainExitTimestamp").unwrap_or(0) > 0),
-        result: prop(props, "Result").unwrap_or_default(),
+            .filter(|_| prop::<i32>(props, "ExecMainCode").unwrap_or(0) != 0),
+        result: if running {
+            "success".into()
+        } else {
+            prop(props, "Result").unwrap_or_default()
+        },
         queued: (unit.3 == "activating" && unit.4 == "start-pre").then(|| {
-            let reasons: std::collections::BTreeMap<String, String> =
-                crate::statefile::load(std::path::Path::new(crate::coordinator::QUEUE_FILE));
-            reasons
+            queue
                 .get(&unit.0)
                 .cloned()
                 .unwrap_or_else(|| "waiting for the coordinator".into())

@@ -79,6 +79,9 @@ pub fn serve(
     opts: &ServeOptions,
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
+    // Before any thread starts, so that all inherit the mask: SIGTERM and SIGINT then reach us
+    // only through `signals`, and a stop finishes the requests in flight and flushes the log.
+    let mut signals = stop_signals();
     let server = Arc::new(
         tiny_http::Server::from_listener(listener, None)
             .map_err(|e| anyhow::anyhow!("cannot serve on {addr}: {e}"))?,
@@ -108,24 +111,33 @@ pub fn serve(
         None => log_info!("{} listening on {addr}", service.name()),
     }
 
-    if let Some(idle) = opts.idle_timeout {
-        loop {
-            let quiet = activity.idle_for();
-            if quiet >= idle && activity.in_flight.load(Ordering::SeqCst) == 0 {
-                break;
-            }
-            thread::sleep(idle.saturating_sub(quiet).max(Duration::from_millis(50)));
+    let why = loop {
+        thread::sleep(crate::log::FLUSH_EVERY);
+        crate::log::flush();
+        if let Some(sig) = signals
+            .as_mut()
+            .and_then(|s| s.read_signal().ok().flatten())
+        {
+            let name = nix::sys::signal::Signal::try_from(sig.ssi_signo as i32)
+                .map_or_else(|_| sig.ssi_signo.to_string(), |s| s.to_string());
+            break format!("got {name}, exiting");
         }
-        systemd::notify_stopping();
-        log_info!(
-            "idle for {}s, exiting; systemd keeps the socket",
-            idle.as_secs()
-        );
-        activity.stopping.store(true, Ordering::SeqCst);
-        // Unblock markers queue behind requests already parsed, so those are answered first.
-        for _ in &workers {
-            server.unblock();
+        if let Some(idle) = opts.idle_timeout
+            && activity.idle_for() >= idle
+            && activity.in_flight.load(Ordering::SeqCst) == 0
+        {
+            break format!(
+                "idle for {}s, exiting; systemd keeps the socket",
+                idle.as_secs()
+            );
         }
+    };
+    systemd::notify_stopping();
+    log_info!("{why}");
+    activity.stopping.store(true, Ordering::SeqCst);
+    // Unblock markers queue behind requests already parsed, so those are answered first.
+    for _ in &workers {
+        server.unblock();
     }
     for w in workers {
         let _ = w.join();
@@ -133,7 +145,28 @@ pub fn serve(
     // tiny_http's Drop wakes its accept thread by connecting to the listening address; under
     // socket activation that connection would wait in systemd's socket and start us again.
     std::mem::forget(server);
+    crate::log::flush();
     Ok(())
+}
+
+/// SIGTERM and SIGINT, blocked for this thread (and the threads it starts) and readable without
+/// blocking; `None` (the default actions stay) if that fails.
+fn stop_signals() -> Option<nix::sys::signalfd::SignalFd> {
+    use nix::sys::signal::{SigSet, Signal};
+    use nix::sys::signalfd::{SfdFlags, SignalFd};
+    let mut mask = SigSet::empty();
+    mask.add(Signal::SIGTERM);
+    mask.add(Signal::SIGINT);
+    let fd = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC);
+    match fd {
+        Ok(fd) if mask.thread_block().is_ok() => Some(fd),
+        Ok(_) | Err(_) => {
+            log_warn!(
+                "cannot take SIGTERM through a signalfd; a stop may lose the last access lines"
+            );
+            None
+        }
+    }
 }
 
 fn worker(server: &tiny_http::Server, service: &dyn Service, activity: &Activity) {
@@ -203,6 +236,10 @@ fn respond(mut rq: tiny_http::Request, service: &dyn Service) {
             "{line}: {}",
             response.body["message"].as_str().unwrap_or("")
         ),
+        // Successful reads are the bulk: buffered (see crate::log). Changes are logged at once.
+        _ if matches!(method, Method::Get | Method::Head) => {
+            crate::log::access(format_args!("{line}"))
+        }
         _ => log_info!("{line}"),
     }
 }

@@ -3,7 +3,10 @@
 
 use std::sync::OnceLock;
 use zbus::blocking::Connection;
-use zbus::zvariant::OwnedObjectPath;
+use zbus::zvariant::{OwnedObjectPath, OwnedValue};
+
+const SYSTEMD: &str = "org.freedesktop.systemd1";
+const PROPERTIES: &str = "org.freedesktop.DBus.Properties";
 
 /// One entry of `ListUnitsByPatterns`: name, description, load, active, sub state, followed,
 /// object path, job id, job type, job path.
@@ -285,25 +288,91 @@ pub fn timer_next_elapse(path: &OwnedObjectPath) -> Result<u64, SystemdError> {
     Ok(timer.next_elapse_usec_realtime()?)
 }
 
-/// All properties of `interface` on the unit object at `path` (one `GetAll` call).
-pub fn unit_properties(
-    path: &OwnedObjectPath,
-    interface: &str,
-) -> Result<std::collections::HashMap<String, zbus::zvariant::OwnedValue>, SystemdError> {
-    let props = zbus::blocking::fdo::PropertiesProxy::builder(system_bus()?)
-        .destination("org.freedesktop.systemd1")?
-        .path(path.clone())?
-        .cache_properties(zbus::proxy::CacheProperties::No)
-        .build()?;
-    let iface = zbus::names::InterfaceName::try_from(interface.to_string())
-        .map_err(|e| SystemdError::Failed(format!("bad interface name {interface}: {e}")))?;
-    props
-        .get_all(iface)
-        .map_err(|e| SystemdError::from(zbus::Error::from(e)))
+/// The interface of a service unit's own properties (MainPID, NRestarts, MemoryMax, ...).
+pub const SERVICE_INTERFACE: &str = "org.freedesktop.systemd1.Service";
+
+/// How many `Get` calls [`properties`] keeps in flight: well below dbus-daemon's default limit of
+/// 128 pending replies per connection (`max_replies_per_connection`); past that limit the bus
+/// answers `LimitsExceeded`, and those few are asked again one at a time.
+const PIPELINE_WINDOW: usize = 64;
+
+/// Reads many properties, each a (unit object path, interface, property) triple, in one go: the
+/// `Get` calls are pipelined (up to [`PIPELINE_WINDOW`] in flight) instead of each waiting for its
+/// reply, so the cost is the bus's and systemd's work per message, not a round trip per property.
+/// The answer is in the order asked; `None` where the property could not be read (an older
+/// systemd without it, a unit gone meanwhile).
+pub fn properties(
+    requests: &[(&OwnedObjectPath, &str, &str)],
+) -> Result<Vec<Option<OwnedValue>>, SystemdError> {
+    use zbus::message::{Message, Type};
+    let bus = system_bus()?;
+    let call = |i: usize| -> zbus::Result<Message> {
+        let (path, interface, name) = requests[i];
+        Message::method_call(path.as_str(), "Get")?
+            .destination(SYSTEMD)?
+            .interface(PROPERTIES)?
+            .build(&(interface, name))
+    };
+    // The stream exists before the first call goes out, so no reply can be missed.
+    let mut replies = zbus::blocking::MessageIterator::from(bus);
+    let mut out: Vec<Option<OwnedValue>> = (0..requests.len()).map(|_| None).collect();
+    let mut waiting = std::collections::HashMap::new();
+    let mut again = Vec::new();
+    let mut next = 0;
+    while next < requests.len() || !waiting.is_empty() {
+        while next < requests.len() && waiting.len() < PIPELINE_WINDOW {
+            let msg = call(next)?;
+            waiting.insert(msg.primary_header().serial_num(), next);
+            bus.send(&msg)?;
+            next += 1;
+        }
+        let reply = match replies.next() {
+            Some(reply) => reply?,
+            None => {
+                return Err(SystemdError::Failed(
+                    "the system bus connection closed".into(),
+                ));
+            }
+        };
+        let Some(i) = reply
+            .header()
+            .reply_serial()
+            .and_then(|s| waiting.remove(&s))
+        else {
+            continue;
+        };
+        match reply.message_type() {
+            Type::MethodReturn => out[i] = reply.body().deserialize::<OwnedValue>().ok(),
+            Type::Error
+                if reply.header().error_name().map(|n| n.as_str())
+                    == Some("org.freedesktop.DBus.Error.LimitsExceeded") =>
+            {
+                again.push(i)
+            }
+            _ => {}
+        }
+    }
+    drop(replies);
+    for i in again {
+        let (path, interface, name) = requests[i];
+        out[i] = bus
+            .call_method(
+                Some(SYSTEMD),
+                path,
+                Some(PROPERTIES),
+                "Get",
+                &(interface, name),
+            )
+            .ok()
+            .and_then(|r| r.body().deserialize::<OwnedValue>().ok());
+    }
+    Ok(out)
 }
 
 /// One numeric property of a service unit (e.g. `MemoryMax`), `None` when it cannot be read.
 pub fn service_u64(path: &OwnedObjectPath, name: &str) -> Option<u64> {
-    let props = unit_properties(path, "org.freedesktop.systemd1.Service").ok()?;
-    u64::try_from(props.get(name)?.try_clone().ok()?).ok()
+    let value = properties(&[(path, SERVICE_INTERFACE, name)])
+        .ok()?
+        .pop()??;
+    u64::try_from(value).ok()
 }

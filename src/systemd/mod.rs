@@ -3,6 +3,7 @@
 pub mod activation;
 pub mod dbus;
 pub mod escape;
+pub mod procfs;
 
 pub use activation::listener;
 

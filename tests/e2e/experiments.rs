@@ -27,6 +27,10 @@ pub const GROUP: Group = Group {
             brainctl_run_makes_a_transient_unit_with_limits,
         ),
         (
+            "status_of_many_experiments_agrees_with_systemctl_show",
+            status_of_many_experiments_agrees_with_systemctl_show,
+        ),
+        (
             "brainctl_errors_and_exit_codes",
             brainctl_errors_and_exit_codes,
         ),
@@ -287,6 +291,78 @@ fn brainctl_run_makes_a_transient_unit_with_limits(s: &Sandbox) -> Result<()> {
     Ok(())
 }
 
+/// More units than brainctl keeps property requests in flight (64), each with its own limits, so
+/// that a reply matched to the wrong unit or a lost one shows; and a failed one among them.
+fn status_of_many_experiments_agrees_with_systemctl_show(s: &Sandbox) -> Result<()> {
+    let result = many_experiments(s);
+    s.ok("systemctl stop 'brain-run-*' ; systemctl reset-failed 'brain-run-*' ; true")?;
+    result?;
+    wait_for(
+        "the transient units to be unloaded",
+        Duration::from_secs(20),
+        || {
+            Ok(
+                s.ok("systemctl list-units --all --no-legend --plain brain-run-t9.service brain-run-t3.service")?
+                    .trim()
+                    .is_empty(),
+            )
+        },
+    )
+}
+
+fn many_experiments(s: &Sandbox) -> Result<()> {
+    const N: u32 = 80;
+    s.ok(&format!(
+        "for i in $(seq 1 {N}); do systemd-run --quiet --no-block --unit=brain-run-m$i \
+           --slice=brain-experiments.slice -p MemoryMax=${{i}}M -p CPUQuota=$((i + 5))% \
+           /bin/sleep infinity || exit 1; done; \
+         systemd-run --quiet --no-block --unit=brain-run-bad /bin/sh -c 'exit 7'"
+    ))?;
+    wait_for("the units to run", Duration::from_secs(60), || {
+        let n = s.ok(
+            "systemctl list-units --no-legend --plain --state=running 'brain-run-m*' | wc -l",
+        )?;
+        Ok(n.trim() == N.to_string())
+    })?;
+    wait_for("brain-run-bad to fail", Duration::from_secs(10), || {
+        Ok(s.active_state("brain-run-bad.service")? == "failed")
+    })?;
+    let (code, out, err) = brainctl(s, "status --json")?;
+    ensure!(code == 0, "{out}{err}");
+    let all: Vec<Value> = serde_json::from_str(&out).context("status --json")?;
+    for i in 1..=N {
+        let id = format!("m{i}");
+        let unit = format!("brain-run-{id}.service");
+        let e = all
+            .iter()
+            .find(|e| e["id"] == id.as_str())
+            .with_context(|| format!("{id} missing from brainctl status"))?;
+        ensure_eq!(e["unit"], unit.as_str());
+        ensure_eq!(e["active_state"], "active");
+        ensure_eq!(e["memory_limit"], u64::from(i) << 20);
+        ensure_eq!(e["cpu_quota_percent"], f64::from(i + 5));
+        ensure_eq!(e["main_pid"], s.prop(&unit, "MainPID")?.parse::<u64>()?);
+        ensure_eq!(e["restarts"], 0);
+        ensure_eq!(e["result"], "success");
+        ensure!(e["since"].is_string(), "{e}");
+    }
+    let bad = all
+        .iter()
+        .find(|e| e["id"] == "bad")
+        .context("bad missing from brainctl status")?;
+    ensure_eq!(bad["active_state"], "failed");
+    ensure_eq!(bad["result"], "exit-code");
+    ensure_eq!(bad["last_exit_status"], 7);
+    ensure_eq!(bad["main_pid"], Value::Null);
+    // One id's status is the same as its entry in the list.
+    let (code, one, _) = brainctl(s, "status m42 --json")?;
+    ensure!(code == 0, "{one}");
+    let one: Value = serde_json::from_str(&one).context("status m42 --json")?;
+    let listed = all.iter().find(|e| e["id"] == "m42").context("m42")?;
+    ensure_eq!(&one, listed);
+    Ok(())
+}
+
 fn brainctl_errors_and_exit_codes(s: &Sandbox) -> Result<()> {
     setup(s)?;
     let long = "a".repeat(10_240);
@@ -321,7 +397,7 @@ fn brainctl_errors_and_exit_codes(s: &Sandbox) -> Result<()> {
     let (code, _, _) = brainctl(s, "run t3 --memory lots -- /bin/true")?;
     ensure!(code == 2, "bad --memory: {code}");
     ensure_eq!(
-        s.ok("systemctl list-units --all --no-legend --plain 'brain-run-*'")?
+        s.ok("systemctl list-units --all --no-legend --plain brain-run-t9.service brain-run-t3.service")?
             .trim(),
         "",
         "units created by bad runs"

@@ -31,6 +31,7 @@ pub const GROUP: Group = Group {
             "requests_are_logged_with_priorities",
             requests_are_logged_with_priorities,
         ),
+        ("a_stop_loses_no_access_line", a_stop_loses_no_access_line),
         (
             "restarting_the_target_restarts_both",
             restarting_the_target_restarts_both,
@@ -264,6 +265,37 @@ fn requests_are_logged_with_priorities(s: &Sandbox) -> Result<()> {
         Some("5"),
         "priority of a 404 line"
     );
+    Ok(())
+}
+
+/// Access lines of successful reads are buffered (at most 0.1 s); a stop right after requests
+/// still writes every one of them, and the service ends cleanly on SIGTERM.
+fn a_stop_loses_no_access_line(s: &Sandbox) -> Result<()> {
+    let count = || -> Result<usize> {
+        Ok(s.ok("journalctl -u shutdown-service.service -o cat --no-pager | grep -c 'GET /health 200' || true")?
+            .trim()
+            .parse()?)
+    };
+    s.get(":5001/health")?.expect(200)?;
+    wait_for(
+        "the first line",
+        Duration::from_secs(5),
+        || Ok(count()? > 0),
+    )?;
+    let before = count()?;
+    s.ok(
+        "for i in 1 2 3 4 5; do curl -sf -o /dev/null http://127.0.0.1:5001/health || exit 1; done; \
+         systemctl stop shutdown-service.service",
+    )?;
+    ensure_eq!(s.active_state("shutdown-service.service")?, "inactive");
+    ensure_eq!(s.prop("shutdown-service.service", "Result")?, "success");
+    wait_for("5 more access lines", Duration::from_secs(5), || {
+        Ok(count()? == before + 5)
+    })?;
+    let last = s.ok("journalctl -u shutdown-service.service -o cat --no-pager | tail -n 5")?;
+    ensure!(last.contains("got SIGTERM, exiting"), "{last}");
+    // The socket is still there: the next request starts the service again.
+    s.get(":5001/health")?.expect(200)?;
     Ok(())
 }
 
