@@ -8,6 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+/// How long one command inside the container may run (seconds, for `timeout`).
+const CMD_TIMEOUT: &str = "180";
+
 pub type CaseFn = fn(&Sandbox) -> Result<()>;
 
 /// A named list of cases that share one freshly booted container.
@@ -65,13 +68,23 @@ impl Sandbox {
         pid.is_empty() || !Path::new(&format!("/proc/{pid}")).exists() || is_zombie(pid)
     }
 
-    /// Runs a shell command inside the container as root.
+    /// Runs a shell command inside the container as root (see [`Sandbox::exec`] for its time limit).
     pub fn sh(&self, cmd: &str) -> Result<Output> {
         self.exec(&["sh", "-c", cmd])
     }
 
+    /// Runs `argv` inside the container. A command still running after [`CMD_TIMEOUT`] is
+    /// killed and fails its case, so that a hang (a start job that never ends) cannot stall the
+    /// suite until CI's own limit.
     pub fn exec(&self, argv: &[&str]) -> Result<Output> {
-        let mut args = vec!["exec", path_str(&self.dir)?];
+        let mut args = vec![
+            "exec",
+            path_str(&self.dir)?,
+            "timeout",
+            "-k",
+            "5",
+            CMD_TIMEOUT,
+        ];
         args.extend_from_slice(argv);
         Command::new(sandbox_script())
             .args(&args)
