@@ -282,10 +282,16 @@ fn wanted_properties(active_state: &str) -> &'static [&'static str] {
         "Result",
     ];
     match active_state {
-        "active" | "reloading" => RUNNING,
+        _ if is_running(active_state) => RUNNING,
         "activating" | "deactivating" => CHANGING,
         _ => DOWN,
     }
+}
+
+/// The main process runs and the start has completed: no exit to report, and `Result` is
+/// "success" (see [`wanted_properties`]).
+fn is_running(active_state: &str) -> bool {
+    matches!(active_state, "active" | "reloading")
 }
 
 fn prop<T: TryFrom<OwnedValue>>(props: &HashMap<&str, OwnedValue>, name: &str) -> Option<T> {
@@ -309,7 +315,6 @@ fn status_from(
     let (memory_current, memory_peak) = main_pid
         .map(|pid| procfs::memory_of(pid, &unit.0))
         .unwrap_or_default();
-    let running = matches!(unit.3.as_str(), "active" | "reloading");
     ExperimentStatus {
         kind: if unit.0.starts_with(config::TRANSIENT_PREFIX) {
             "transient"
@@ -334,7 +339,7 @@ fn status_from(
         // ExecMainCode is 0 until the main process has exited (CLD_EXITED and so on after).
         last_exit_status: prop::<i32>(props, "ExecMainStatus")
             .filter(|_| prop::<i32>(props, "ExecMainCode").unwrap_or(0) != 0),
-        result: if running {
+        result: if is_running(&unit.3) {
             "success".into()
         } else {
             prop(props, "Result").unwrap_or_default()

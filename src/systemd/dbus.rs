@@ -355,24 +355,27 @@ pub fn properties(
     drop(replies);
     for i in again {
         let (path, interface, name) = requests[i];
-        out[i] = bus
-            .call_method(
-                Some(SYSTEMD),
-                path,
-                Some(PROPERTIES),
-                "Get",
-                &(interface, name),
-            )
-            .ok()
-            .and_then(|r| r.body().deserialize::<OwnedValue>().ok());
+        out[i] = property(path, interface, name);
     }
     Ok(out)
 }
 
+/// One property, with one `Get` call; `None` when it cannot be read.
+fn property(path: &OwnedObjectPath, interface: &str, name: &str) -> Option<OwnedValue> {
+    let reply = system_bus()
+        .ok()?
+        .call_method(
+            Some(SYSTEMD),
+            path,
+            Some(PROPERTIES),
+            "Get",
+            &(interface, name),
+        )
+        .ok()?;
+    reply.body().deserialize::<OwnedValue>().ok()
+}
+
 /// One numeric property of a service unit (e.g. `MemoryMax`), `None` when it cannot be read.
 pub fn service_u64(path: &OwnedObjectPath, name: &str) -> Option<u64> {
-    let value = properties(&[(path, SERVICE_INTERFACE, name)])
-        .ok()?
-        .pop()??;
-    u64::try_from(value).ok()
+    u64::try_from(property(path, SERVICE_INTERFACE, name)?).ok()
 }
