@@ -10,6 +10,9 @@ GENERATORDIR := $(PREFIX)/lib/systemd/system-generators
 DOCDIR := $(PREFIX)/share/doc/homelab
 LOGROTATEDIR := /etc/logrotate.d
 CARGO ?= cargo
+# Where the binaries land, compiled in (build.rs); the same for every cargo call, so that the
+# build, the tests and the e2e suite share one compiled library instead of rebuilding it.
+export HOMELAB_BINDIR := $(BINDIR)
 
 BINARIES := shutdown-service inference-service homelab-power-action homelab-exec brainctl brain-coordinator brain-admit
 
@@ -18,7 +21,7 @@ BINARIES := shutdown-service inference-service homelab-power-action homelab-exec
 all: build
 
 build:
-	HOMELAB_BINDIR=$(BINDIR) $(CARGO) build --release --locked
+	$(CARGO) build --release --locked
 
 install: build
 	install -D -m 755 -t $(DESTDIR)$(BINDIR) $(addprefix target/release/,$(BINARIES))

@@ -21,5 +21,4 @@ step "cargo test (unit and integration tests)"
 cargo test --locked
 
 step "e2e suite on booted systemd"
-make -s build
-cargo test --release --locked --test e2e
+make -s e2e

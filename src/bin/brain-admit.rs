@@ -1,24 +1,56 @@
-//! brain-admit: the admission gate every experiment unit runs as `ExecStartPre=`. It asks the
-//! coordinator and waits; the experiment starts only when admitted.
+//! brain-admit: the admission gate, the first main process of every experiment unit
+//! (`ExecStart=brain-admit COMMAND...`, `Type=notify`). It asks the coordinator and, once
+//! admitted, becomes COMMAND by `exec`; while queued it tells systemd it is ready and shows its
+//! place in the queue as the unit's status; refused, it exits with the coordinator's reason.
 
+use homelab::coordinator::{self, Answer};
+use sd_notify::NotifyState;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    if std::env::args()
-        .nth(1)
-        .is_some_and(|a| a == "--help" || a == "-h")
-    {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.is_empty() || args[0] == "--help" || args[0] == "-h" {
         println!(
-            "brain-admit: waits until the experiment coordinator admits this unit (ExecStartPre= of experiment units)"
+            "usage: brain-admit COMMAND [ARGS...]\n\
+             Waits until the experiment coordinator admits this unit, then runs COMMAND in its\n\
+             place (the ExecStart= of experiment units, with Type=notify). Exit status {}: refused.",
+            coordinator::EXIT_REFUSED
         );
-        return ExitCode::SUCCESS;
+        return if args.is_empty() {
+            ExitCode::from(2)
+        } else {
+            ExitCode::SUCCESS
+        };
     }
-    match homelab::coordinator::gate(Path::new(homelab::coordinator::SOCKET)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(why) => {
+    let mut ready = false;
+    let last = coordinator::gate(Path::new(coordinator::SOCKET), |answer| {
+        if let Answer::Queued(why) = answer {
+            if !ready {
+                homelab::log_info!("{why}");
+            }
+            // Ready: the start job is done, and a queue holds up neither boot nor the target.
+            let _ = sd_notify::notify(&[NotifyState::Ready, NotifyState::Status(why)]);
+            ready = true;
+        }
+    });
+    match last {
+        Answer::Refused(why) => {
             homelab::log_err!("refused by the coordinator: {why}");
-            ExitCode::FAILURE
+            let _ = sd_notify::notify(&[NotifyState::Status(&format!("refused: {why}"))]);
+            ExitCode::from(coordinator::EXIT_REFUSED)
+        }
+        _ => {
+            if ready {
+                homelab::log_info!("admitted by the coordinator");
+            }
+            // An empty status clears "queued"; the experiment may set its own.
+            let _ = sd_notify::notify(&[NotifyState::Ready, NotifyState::Status("")]);
+            let err = std::process::Command::new(&args[0]).args(&args[1..]).exec();
+            homelab::log_err!("cannot run {:?}: {err}", args[0]);
+            // 203 is systemd's EXIT_EXEC: "failed to execute the program".
+            ExitCode::from(203)
         }
     }
 }

@@ -1,7 +1,8 @@
 //! brain-experiment-generator: a systemd generator (see systemd.generator(7)). At boot and on
 //! every `systemctl daemon-reload` it turns each `/etc/brain-in-jar/experiments/<id>.env` into a
 //! drop-in with real cgroup limits for `brain-experiment@<id>.service` (systemd does not expand
-//! variables in `MemoryMax=`), and adds the enabled experiments to `brain-experiment.target`.
+//! variables in `MemoryMax=`), and adds those whose `.env` says `EXPERIMENT_ENABLED=yes` to
+//! `brain-experiment.target` (beside the ones `systemctl enable` adds).
 //!
 //! A bad `.env` never breaks boot: that experiment gets nothing, and the reason goes to the
 //! kernel log (the journal picks it up), as generators log.
@@ -74,7 +75,15 @@ fn generate(dir: &Path, out: &Path) -> std::io::Result<()> {
         .find(|p| p.exists())
         .unwrap_or_else(|| Path::new("/usr/lib/systemd/system").join(TEMPLATE));
     for e in experiments {
-        let unit = e.unit();
+        // Validation already bounds the unit name; a name that slips through is skipped, never
+        // a panic that would leave every other experiment without its limits.
+        let Some(unit) = config::template_unit(&e.id) else {
+            log(
+                3,
+                &format!("ignoring {}.env: no valid unit name for it", e.id),
+            );
+            continue;
+        };
         let dropin_dir = out.join(format!("{unit}.d"));
         std::fs::create_dir_all(&dropin_dir)?;
         std::fs::write(

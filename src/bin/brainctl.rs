@@ -32,6 +32,10 @@ enum Command {
     Stop { id: String },
     /// Restart an experiment
     Restart { id: String },
+    /// Start the experiment with brain-experiment.target, at boot too (systemctl enable)
+    Enable { id: String },
+    /// No longer start it with brain-experiment.target (systemctl disable)
+    Disable { id: String },
     /// State, PID, memory (current, peak, limit), CPU quota, restarts and last exit of one or all
     Status { id: Option<String> },
     /// The experiments: configured and running, template and transient
@@ -92,9 +96,16 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let m = ExperimentManager::new();
     let result = match cli.command {
-        Command::Start { id } => m.start_experiment(&id).map(|u| println!("started {u}")),
-        Command::Stop { id } => m.stop_experiment(&id).map(|u| println!("stopped {u}")),
-        Command::Restart { id } => m.restart_experiment(&id).map(|u| println!("restarted {u}")),
+        Command::Start { id } => m.start_experiment(&id).map(|u| started(&m, &id, &u)),
+        Command::Stop { id } => m.stop_experiment(&id).map(|u| match u {
+            Some(u) => println!("stopped {u}"),
+            None => println!("{id} is not running: nothing to stop"),
+        }),
+        Command::Restart { id } => m.restart_experiment(&id).map(|u| started(&m, &id, &u)),
+        Command::Enable { id } => m
+            .enable_experiment(&id)
+            .map(|u| println!("enabled {u}: it starts with {}", config::TARGET)),
+        Command::Disable { id } => m.disable_experiment(&id).map(|u| println!("disabled {u}")),
         Command::StartAll => m
             .start_all()
             .map(|()| println!("started {}", config::TARGET)),
@@ -156,6 +167,21 @@ fn main() -> ExitCode {
     }
 }
 
+/// After a start: running, or queued with its place and reason.
+fn started(m: &ExperimentManager, id: &str, unit: &str) {
+    match m.get_status(id) {
+        Ok(ExperimentStatus {
+            queued: Some(why),
+            queue_position,
+            ..
+        }) => println!(
+            "started {unit}: queued{}: {why}",
+            queue_position.map_or(String::new(), |p| format!(", position {p}"))
+        ),
+        _ => println!("started {unit}"),
+    }
+}
+
 fn follow_logs(m: &ExperimentManager, id: &str, lines: usize) -> Result<(), ManagerError> {
     // Resolve the unit (and the errors) through the manager, then hand over to journalctl.
     let unit = m.get_status(id)?.unit;
@@ -211,7 +237,14 @@ fn print_status(s: &ExperimentStatus, json: bool) {
             s.enabled
                 .map_or("-".into(), |e| if e { "yes".into() } else { "no".into() }),
         ),
-        ("queued", s.queued.clone().unwrap_or_else(|| "-".into())),
+        (
+            "queued",
+            match (&s.queued, s.queue_position) {
+                (Some(why), Some(p)) => format!("position {p}: {why}"),
+                (Some(why), None) => why.clone(),
+                (None, _) => "-".into(),
+            },
+        ),
     ];
     for (k, v) in rows {
         println!("{k:>10}: {v}");
@@ -233,7 +266,8 @@ fn print_table(all: &[ExperimentStatus], json: bool) {
             s.id,
             s.kind,
             if s.queued.is_some() {
-                "queued".to_string()
+                s.queue_position
+                    .map_or("queued".into(), |p| format!("queued ({p})"))
             } else {
                 format!("{} ({})", s.active_state, s.sub_state)
             },

@@ -1,24 +1,32 @@
 //! The experiment coordinator: admission control (concurrency, RAM budget), thermal policy and
-//! shutdown awareness. Stateless: systemd is the source of truth, so a restart loses nothing.
+//! shutdown awareness. systemd is the source of truth, so a restart of the coordinator loses
+//! nothing: what runs is what systemd runs, and the queue is the gates that wait, in the order
+//! their processes started.
 //!
-//! Mechanism: every experiment unit has `ExecStartPre=brain-admit`, a gate that asks the
-//! coordinator over `/run/brain-in-jar/admission.sock` (socket-activated, so it is held while
-//! the coordinator restarts) and waits. A queued experiment is visibly `activating (start-pre)`;
-//! a direct `systemctl start` is gated like the target's; and the gate, not the coordinator,
-//! starts nothing, so nothing is started twice.
+//! Mechanism: every experiment unit runs `brain-admit` as its main process (`Type=notify`). The
+//! gate connects to `/run/brain-in-jar/admission.sock` (socket-activated, so it is held while the
+//! coordinator restarts) and waits for a line: `OK` (it tells systemd it is ready and `exec`s the
+//! experiment), `WAIT <why>` (it is ready, queued, and shows why in its status) or `REFUSE <why>`
+//! (it exits with [`EXIT_REFUSED`], which the units keep from a restart). So a start job ends
+//! with the first answer, and a queue holds up neither the target nor boot; a refused experiment
+//! fails its start at once. The coordinator reads nothing from a gate: who it speaks for comes
+//! from its peer credentials and cgroup, so no client can stall it or grow its memory.
 
 pub mod config;
 pub mod nvml;
 pub mod policy;
 pub mod thermal;
 
-use crate::experiment::config::{SLICE, TEMPLATE_PATTERN, TRANSIENT_PATTERN};
-use crate::systemd::dbus::{self, SystemdError};
+use crate::experiment::config::{
+    self as experiments, EXPERIMENTS_DIR, Experiment, SLICE, TEMPLATE_PATTERN, TRANSIENT_PATTERN,
+};
+use crate::systemd::dbus::{self, SystemdError, UnitStatus};
+use crate::systemd::procfs;
 use crate::{log_info, log_warn, systemd};
 use config::Config;
 use policy::{Admitted, Thermal, Verdict, Waiting};
-use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Write};
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,8 +34,13 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 pub const SOCKET: &str = "/run/brain-in-jar/admission.sock";
-/// Why each queued experiment waits, for `brainctl status`.
-pub const QUEUE_FILE: &str = "/run/brain-in-jar/queue.json";
+/// The exit status of a gate the coordinator refused: sysexits' `EX_CONFIG` (systemd shows it as
+/// `status=78/CONFIG`); the experiment units have `RestartPreventExitStatus=78`.
+pub const EXIT_REFUSED: u8 = 78;
+/// The gate's process name (`/proc/PID/comm`), which tells a waiting gate from an experiment.
+pub const GATE_COMM: &str = "brain-admit";
+/// Gates accepted but not yet looked at; past this, further connections wait in the kernel.
+const GATE_BACKLOG: usize = 64;
 
 static RELOAD: AtomicBool = AtomicBool::new(false);
 
@@ -35,11 +48,40 @@ extern "C" fn on_sighup(_: nix::libc::c_int) {
     RELOAD.store(true, Ordering::SeqCst);
 }
 
+/// A gate: the main process of an experiment unit that waits for admission.
+struct Gate {
+    stream: UnixStream,
+    unit: String,
+    pid: u32,
+    /// When its process started (microseconds since the epoch): its place in the queue, the
+    /// same after a restart of the coordinator.
+    since_usec: u64,
+    /// The last `WAIT` line it was sent.
+    told: Option<String>,
+}
+
+impl Gate {
+    /// Sends one line; false when the gate is gone or does not read (the socket is
+    /// non-blocking, so a gate that never reads cannot stall the coordinator).
+    fn tell(&mut self, line: &str) -> bool {
+        self.stream
+            .write_all(format!("{line}\n").as_bytes())
+            .is_ok()
+    }
+}
+
 enum Event {
-    /// A gate asks for its unit.
-    Gate(UnixStream, String),
+    Gate(Gate),
     /// An experiment unit changed state.
     Changed,
+}
+
+/// A waiting gate and what it asks for.
+struct Queued {
+    gate: Gate,
+    /// The experiment's limits from its `.env` (template units), applied when it is admitted.
+    limits: Option<Experiment>,
+    memory: u64,
 }
 
 struct Coordinator {
@@ -48,13 +90,11 @@ struct Coordinator {
     thermal: Thermal,
     hottest: Option<(PathBuf, f64)>,
     frozen: bool,
-    /// Gates waiting, by unit: their connection and when they asked.
-    waiting: BTreeMap<String, (UnixStream, u64)>,
-    /// Admitted units whose gate may not have exited yet (still `start-pre`).
-    granted: BTreeSet<String>,
+    waiting: BTreeMap<String, Queued>,
+    /// Declared `MemoryMax` of admitted units, read once per unit while it runs.
+    memory: HashMap<String, u64>,
     inhibitor: Option<zbus::zvariant::OwnedFd>,
-    reasons: BTreeMap<String, String>,
-    /// Experiments active at the last evaluation (for the status line).
+    /// Experiments admitted at the last evaluation (for the status line).
     running: usize,
     /// NVIDIA GPUs, when the NVML library is there.
     nvml: Option<nvml::Nvml>,
@@ -80,7 +120,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
         );
         nix::sys::signal::sigaction(nix::sys::signal::Signal::SIGHUP, &action)?;
     }
-    let (tx, rx) = mpsc::channel();
+    let (tx, rx) = mpsc::sync_channel(GATE_BACKLOG);
     let gates = tx.clone();
     std::thread::spawn(move || accept_gates(listener, gates));
     watch_units(tx)?;
@@ -92,9 +132,8 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
         hottest: None,
         frozen: false,
         waiting: BTreeMap::new(),
-        granted: BTreeSet::new(),
+        memory: HashMap::new(),
         inhibitor: None,
-        reasons: BTreeMap::new(),
         nvml: nvml::Nvml::load(),
         running: 0,
     };
@@ -113,20 +152,18 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
             wait = wait.min(w / 3);
         }
         let mut dirty = false;
-        match rx.recv_timeout(wait) {
-            Ok(Event::Gate(stream, unit)) => {
-                let since = now_usec();
-                c.waiting.insert(unit, (stream, since));
-                dirty = true;
-            }
-            Ok(Event::Changed) => dirty = true,
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        let first = match rx.recv_timeout(wait) {
+            Ok(ev) => Some(ev),
+            Err(mpsc::RecvTimeoutError::Timeout) => None,
             Err(mpsc::RecvTimeoutError::Disconnected) => anyhow::bail!("the event threads stopped"),
-        }
+        };
         // Coalesce a burst of events into one evaluation.
-        while let Ok(ev) = rx.try_recv() {
-            if let Event::Gate(stream, unit) = ev {
-                c.waiting.insert(unit, (stream, now_usec()));
+        for ev in first
+            .into_iter()
+            .chain(std::iter::from_fn(|| rx.try_recv().ok()))
+        {
+            if let Event::Gate(gate) = ev {
+                c.arrive(gate);
             }
             dirty = true;
         }
@@ -148,46 +185,61 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
     }
 }
 
-fn now_usec() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
-}
-
-/// The unit a process runs in, from its cgroup path.
-fn unit_of_pid(pid: i32) -> Option<String> {
-    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    cgroups
-        .lines()
-        .filter_map(|l| l.rsplit('/').next())
-        .find(|u| u.ends_with(".service"))
-        .map(str::to_string)
-}
-
-fn accept_gates(listener: UnixListener, tx: mpsc::Sender<Event>) {
-    for stream in listener.incoming().flatten() {
-        let pid = nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials)
-            .map(|c| c.pid());
-        let Some(unit) = pid.ok().and_then(unit_of_pid) else {
-            continue;
+/// Accepts gates and finds out whom each speaks for, from the kernel alone; it never reads
+/// from a connection. A process that is not a gate (an experiment that asks again) gets its
+/// answer here; gates go to the event loop, at most [`GATE_BACKLOG`] at a time.
+fn accept_gates(listener: UnixListener, tx: mpsc::SyncSender<Event>) {
+    for stream in listener.incoming() {
+        let stream = match stream {
+            Ok(s) => s,
+            Err(e) => {
+                // Out of file descriptors, say: wait instead of spinning.
+                log_warn!("cannot accept a gate: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
         };
-        if crate::experiment::config::id_of(&unit).is_none() {
-            let _ = (&stream).write_all(b"REFUSE not an experiment unit\n");
+        if stream.set_nonblocking(true).is_err() {
             continue;
         }
-        let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-        let mut line = String::new();
-        if BufReader::new(&stream).read_line(&mut line).is_err() || line.trim() != "ADMIT" {
-            continue;
-        }
-        if tx.send(Event::Gate(stream, unit)).is_err() {
-            return;
+        match identify(&stream) {
+            Ok((unit, pid)) => {
+                let gate = Gate {
+                    stream,
+                    unit,
+                    pid,
+                    since_usec: procfs::start_usec(pid).unwrap_or(u64::MAX),
+                    told: None,
+                };
+                if tx.send(Event::Gate(gate)).is_err() {
+                    return;
+                }
+            }
+            Err(answer) => {
+                let _ = (&stream).write_all(format!("{answer}\n").as_bytes());
+            }
         }
     }
 }
 
+/// The experiment unit and process a connection speaks for; else the line to answer it with.
+fn identify(stream: &UnixStream) -> Result<(String, u32), String> {
+    let pid = nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerCredentials)
+        .map_err(|e| format!("REFUSE no peer credentials: {e}"))?
+        .pid();
+    let pid = u32::try_from(pid).map_err(|_| "REFUSE no peer process".to_string())?;
+    let unit = procfs::unit_of_pid(pid)
+        .filter(|u| experiments::id_of(u).is_some())
+        .ok_or("REFUSE not an experiment unit")?;
+    if procfs::comm(pid).as_deref() != Some(GATE_COMM) {
+        // An experiment that runs already: it was admitted, there is nothing to wait for.
+        return Err("OK".into());
+    }
+    Ok((unit, pid))
+}
+
 /// Subscribes to systemd's signals and turns state changes of experiment units into events.
-fn watch_units(tx: mpsc::Sender<Event>) -> anyhow::Result<()> {
+fn watch_units(tx: mpsc::SyncSender<Event>) -> anyhow::Result<()> {
     let bus = dbus::system_bus()?;
     dbus::manager()?.subscribe().map_err(SystemdError::from)?;
     let rule = zbus::MatchRule::builder()
@@ -204,12 +256,27 @@ fn watch_units(tx: mpsc::Sender<Event>) -> anyhow::Result<()> {
                 .header()
                 .path()
                 .is_some_and(|p| p.as_str().contains("/brain_2d"));
-            if ours && tx.send(Event::Changed).is_err() {
+            // A full channel already holds an event that makes the loop evaluate.
+            if ours
+                && matches!(
+                    tx.try_send(Event::Changed),
+                    Err(mpsc::TrySendError::Disconnected(_))
+                )
+            {
                 return;
             }
         }
     });
     Ok(())
+}
+
+/// The state of a unit that counts: its process runs (or is being started or stopped), as
+/// opposed to inactive, failed, or waiting to be restarted (`activating (auto-restart)`).
+fn has_process(u: &UnitStatus) -> bool {
+    matches!(
+        u.3.as_str(),
+        "active" | "reloading" | "deactivating" | "activating"
+    ) && u.4 != "auto-restart"
 }
 
 impl Coordinator {
@@ -317,15 +384,14 @@ impl Coordinator {
                 ),
             }
         }
+        // The newest by its main process's start (the kernel's clock ticks, no D-Bus call).
         let newest = self
             .experiments()
             .into_iter()
-            .filter(|u| u.3 == "active")
-            .map(|u| {
-                (
-                    dbus::service_u64(&u.6, "ExecMainStartTimestamp").unwrap_or(0),
-                    u.0,
-                )
+            .filter(|u| u.3 == "active" && !self.waiting.contains_key(&u.0))
+            .filter_map(|u| {
+                let (_, s) = dbus::unit(&u.0).ok()?;
+                Some((procfs::start_usec(s.main_pid().ok()?)?, u.0))
             })
             .max();
         if let Some((_, unit)) = newest {
@@ -336,83 +402,172 @@ impl Coordinator {
         }
     }
 
-    fn experiments(&self) -> Vec<dbus::UnitStatus> {
+    fn experiments(&self) -> Vec<UnitStatus> {
         dbus::list_units(&[TEMPLATE_PATTERN, TRANSIENT_PATTERN]).unwrap_or_else(|e| {
             log_warn!("{e}");
             Vec::new()
         })
     }
 
-    /// Admission: what runs (or was admitted) counts; the waiting gates are answered in order.
+    /// A gate arrives: it must be its unit's main process (a child of an experiment cannot
+    /// queue in its unit's name), and a template unit's `.env` must be valid now. A gate that
+    /// asks again (it reconnected after a restart of the coordinator) replaces its older self.
+    fn arrive(&mut self, mut gate: Gate) {
+        let main_pid = dbus::unit(&gate.unit).and_then(|(_, s)| Ok(s.main_pid()?));
+        if main_pid.as_ref().ok() != Some(&gate.pid) {
+            gate.tell("REFUSE only the main process of an experiment unit is its gate");
+            return;
+        }
+        let limits = match experiments::id_of(&gate.unit) {
+            Some(id) if gate.unit.starts_with("brain-experiment@") => {
+                match experiments::load_trusted(Path::new(EXPERIMENTS_DIR), &id) {
+                    Ok(e) => Some(e),
+                    Err(why) => {
+                        log_warn!("refused {}: {why}", gate.unit);
+                        gate.tell(&format!("REFUSE {why}"));
+                        return;
+                    }
+                }
+            }
+            _ => None,
+        };
+        let memory = match &limits {
+            Some(e) => e.memory_max,
+            None => self.declared_memory(&gate.unit),
+        };
+        self.waiting.insert(
+            gate.unit.clone(),
+            Queued {
+                gate,
+                limits,
+                memory,
+            },
+        );
+    }
+
+    /// The `MemoryMax` systemd has for `unit` (`u64::MAX`: none, or unreadable).
+    fn declared_memory(&self, unit: &str) -> u64 {
+        dbus::unit(unit)
+            .and_then(|(_, s)| Ok(s.memory_max()?))
+            .unwrap_or(u64::MAX)
+    }
+
+    /// Applies the limits of the experiment's `.env` to its unit before it runs, at run time, so
+    /// that an edited `.env` takes effect at the next start without a `daemon-reload`.
+    fn apply_limits(unit: &str, e: &Experiment) -> Result<(), SystemdError> {
+        let (_, s) = dbus::unit(unit)?;
+        let cpu = e.cpu_quota_usec().unwrap_or(u64::MAX);
+        if s.memory_max().ok() == Some(e.memory_max) && s.cpu_quota_per_sec_usec().ok() == Some(cpu)
+        {
+            return Ok(());
+        }
+        dbus::manager()?.set_unit_properties(
+            unit,
+            true,
+            &[
+                ("MemoryMax", zbus::zvariant::Value::from(e.memory_max)),
+                ("CPUQuotaPerSecUSec", zbus::zvariant::Value::from(cpu)),
+            ],
+        )?;
+        log_info!(
+            "{unit}: MemoryMax={} CPUQuota={} from its .env",
+            e.memory_max,
+            e.cpu_quota_percent
+                .map_or("none".into(), |p| format!("{p}%"))
+        );
+        Ok(())
+    }
+
+    /// Admission: what runs (or was admitted) counts; the waiting gates are answered in the
+    /// order they started.
     fn evaluate(&mut self) {
         let units = self.experiments();
-        let state: BTreeMap<&str, (&str, &str)> = units
+        let live: BTreeMap<&str, &UnitStatus> = units
             .iter()
-            .map(|u| (u.0.as_str(), (u.3.as_str(), u.4.as_str())))
+            .filter(|u| has_process(u))
+            .map(|u| (u.0.as_str(), u))
             .collect();
-        let memory_of = |unit: &str| -> u64 {
-            units
-                .iter()
-                .find(|u| u.0 == unit)
-                .and_then(|u| dbus::service_u64(&u.6, "MemoryMax"))
-                .unwrap_or(u64::MAX)
-        };
-        // A gate whose unit is no longer starting (stopped while queued) is gone.
-        self.waiting.retain(|unit, _| {
-            state
-                .get(unit.as_str())
-                .is_some_and(|s| *s == ("activating", "start-pre"))
-        });
-        self.granted.retain(|unit| {
-            state
-                .get(unit.as_str())
-                .is_some_and(|s| *s == ("activating", "start-pre"))
-        });
-        let admitted: Vec<Admitted> = units
-            .iter()
-            .filter(|u| {
-                matches!(u.3.as_str(), "active" | "reloading" | "deactivating")
-                    || (u.3 == "activating" && (u.4 != "start-pre" || self.granted.contains(&u.0)))
-            })
-            .map(|u| Admitted {
-                unit: u.0.clone(),
-                memory: memory_of(&u.0),
-            })
-            .collect();
+        // A gate whose unit no longer runs (stopped while queued) is gone.
+        self.waiting
+            .retain(|unit, _| live.contains_key(unit.as_str()));
+        self.memory
+            .retain(|unit, _| live.contains_key(unit.as_str()));
+        let mut admitted = Vec::new();
+        for unit in live.keys().filter(|u| !self.waiting.contains_key(**u)) {
+            let memory = match self.memory.get(*unit) {
+                Some(m) => *m,
+                None => {
+                    let m = self.declared_memory(unit);
+                    self.memory.insert(unit.to_string(), m);
+                    m
+                }
+            };
+            admitted.push(Admitted {
+                unit: unit.to_string(),
+                memory,
+            });
+        }
         let waiting: Vec<Waiting> = self
             .waiting
-            .iter()
-            .map(|(unit, (_, since))| Waiting {
-                unit: unit.clone(),
-                memory: memory_of(unit),
-                since_usec: *since,
+            .values()
+            .map(|q| Waiting {
+                unit: q.gate.unit.clone(),
+                memory: q.memory,
+                since_usec: q.gate.since_usec,
             })
             .collect();
-        self.reasons.clear();
-        for (unit, verdict) in policy::decide(&self.cfg, self.thermal, &admitted, &waiting) {
+        let verdicts = policy::decide(&self.cfg, self.thermal, &admitted, &waiting);
+        let queued = verdicts
+            .iter()
+            .filter(|(_, v)| matches!(v, Verdict::Wait(_)))
+            .count();
+        let mut position = 0;
+        let mut running = admitted.len();
+        for (unit, verdict) in verdicts {
             match verdict {
                 Verdict::Admit => {
-                    if let Some((mut stream, _)) = self.waiting.remove(&unit)
-                        && stream.write_all(b"OK\n").is_ok()
+                    let Some(mut q) = self.waiting.remove(&unit) else {
+                        continue;
+                    };
+                    if let Some(e) = &q.limits
+                        && let Err(err) = Self::apply_limits(&unit, e)
                     {
+                        log_warn!("refused {unit}: cannot apply its limits: {err}");
+                        q.gate.tell(&format!(
+                            "REFUSE cannot apply the limits of its .env: {err}"
+                        ));
+                        continue;
+                    }
+                    if q.gate.tell("OK") {
                         log_info!("admitted {unit}");
-                        self.granted.insert(unit);
+                        self.memory.insert(unit, q.memory);
+                        running += 1;
                     }
                 }
                 Verdict::Refuse(why) => {
-                    if let Some((mut stream, _)) = self.waiting.remove(&unit) {
+                    if let Some(mut q) = self.waiting.remove(&unit) {
                         log_warn!("refused {unit}: {why}");
-                        let _ = stream.write_all(format!("REFUSE {why}\n").as_bytes());
+                        q.gate.tell(&format!("REFUSE {why}"));
                     }
                 }
                 Verdict::Wait(why) => {
-                    self.reasons.insert(unit, why);
+                    position += 1;
+                    let line = policy::queued_status(position, queued, &why);
+                    if let Some(q) = self.waiting.get_mut(&unit)
+                        && q.gate.told.as_deref() != Some(line.as_str())
+                    {
+                        if q.gate.tell(&format!("WAIT {line}")) {
+                            q.gate.told = Some(line);
+                        } else {
+                            // Gone, or not reading: it asks again when it reconnects.
+                            self.waiting.remove(&unit);
+                        }
+                    }
                 }
             }
         }
-        let _ = crate::statefile::save(Path::new(QUEUE_FILE), &self.reasons);
-        self.running = units.iter().filter(|u| u.3 == "active").count();
-        self.hold_inhibitor(admitted.len() + self.granted.len());
+        self.running = running;
+        self.hold_inhibitor(running);
     }
 
     /// While experiments run, a logind delay inhibitor gives them time to stop at shutdown.
@@ -459,23 +614,52 @@ fn throttled_quota_usec() -> u64 {
     cpus * 500_000
 }
 
-/// The gate (`brain-admit`, an `ExecStartPre=` of every experiment): asks the coordinator and
-/// waits for its answer; reconnects while the coordinator restarts.
-pub fn gate(socket: &Path) -> Result<(), String> {
+/// What the coordinator answered a gate.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Answer {
+    Admitted,
+    /// Queued; the text says where and why (the gate shows it as its unit's status).
+    Queued(String),
+    Refused(String),
+}
+
+/// One line from the coordinator, as a gate reads it.
+pub fn parse_answer(line: &str) -> Option<Answer> {
+    let line = line.trim_end_matches('\n');
+    if line == "OK" {
+        return Some(Answer::Admitted);
+    }
+    if let Some(why) = line.strip_prefix("WAIT ") {
+        return Some(Answer::Queued(why.to_string()));
+    }
+    line.strip_prefix("REFUSE ")
+        .map(|why| Answer::Refused(why.to_string()))
+}
+
+/// The gate's side (`brain-admit`): connects and calls `on_answer` with each answer until one
+/// is final (admitted or refused), which it returns. While the coordinator is away (restarting)
+/// it connects again every second, and the coordinator answers anew.
+pub fn gate(socket: &Path, mut on_answer: impl FnMut(&Answer)) -> Answer {
+    use std::io::{BufRead, BufReader, Read};
     let mut announced = false;
     loop {
         match UnixStream::connect(socket) {
-            Ok(mut stream) => {
-                if stream.write_all(b"ADMIT\n").is_ok() {
-                    let mut line = String::new();
-                    if BufReader::new(&stream).read_line(&mut line).is_ok() {
-                        let line = line.trim();
-                        if line == "OK" {
-                            return Ok(());
-                        }
-                        if let Some(why) = line.strip_prefix("REFUSE ") {
-                            return Err(why.to_string());
-                        }
+            Ok(stream) => {
+                // The coordinator's lines are short; a longer one is cut, never buffered whole.
+                let mut lines = BufReader::new(stream.take(1 << 20));
+                let mut line = String::new();
+                loop {
+                    line.clear();
+                    match lines.read_line(&mut line) {
+                        Ok(n) if n > 0 && line.len() <= 4096 => {}
+                        _ => break,
+                    }
+                    let Some(answer) = parse_answer(&line) else {
+                        continue;
+                    };
+                    on_answer(&answer);
+                    if !matches!(answer, Answer::Queued(_)) {
+                        return answer;
                     }
                 }
             }
@@ -486,5 +670,53 @@ pub fn gate(socket: &Path) -> Result<(), String> {
             Err(_) => {}
         }
         std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_parse() {
+        assert_eq!(parse_answer("OK\n"), Some(Answer::Admitted));
+        assert_eq!(
+            parse_answer("WAIT queued, position 1 of 2: x\n"),
+            Some(Answer::Queued("queued, position 1 of 2: x".into()))
+        );
+        assert_eq!(
+            parse_answer("REFUSE too big"),
+            Some(Answer::Refused("too big".into()))
+        );
+        assert_eq!(parse_answer("HELLO"), None);
+    }
+
+    #[test]
+    fn a_gate_reads_until_a_final_answer() {
+        let dir = std::env::temp_dir().join(format!("homelab-gate-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("admission.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let server = std::thread::spawn(move || {
+            // First connection: queued, then the coordinator goes away (a restart).
+            let (mut s, _) = listener.accept().unwrap();
+            s.write_all(b"WAIT queued, position 2 of 2: behind x\n")
+                .unwrap();
+            drop(s);
+            // The gate comes back: queued, then admitted.
+            let (mut s, _) = listener.accept().unwrap();
+            s.write_all(
+                b"WAIT queued, position 1 of 1: 2 of MAX_CONCURRENT_EXPERIMENTS=2 running\nOK\n",
+            )
+            .unwrap();
+        });
+        let mut seen = Vec::new();
+        let last = gate(&path, |a| seen.push(a.clone()));
+        server.join().unwrap();
+        assert_eq!(last, Answer::Admitted);
+        assert_eq!(seen.len(), 3, "{seen:?}");
+        assert!(matches!(&seen[1], Answer::Queued(w) if w.contains("position 1 of 1")));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

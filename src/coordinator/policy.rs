@@ -105,7 +105,7 @@ pub fn decide(
                 thermal.as_str()
             ))
         } else if let Some(ahead) = &blocked {
-            Verdict::Wait(format!("queued behind {ahead}"))
+            Verdict::Wait(format!("behind {ahead}"))
         } else if count >= u64::from(cfg.max_concurrent) {
             Verdict::Wait(format!(
                 "{count} of MAX_CONCURRENT_EXPERIMENTS={} running",
@@ -129,6 +129,20 @@ pub fn decide(
         out.push((w.unit.clone(), verdict));
     }
     out
+}
+
+/// A queued experiment's status (its unit's `StatusText`, which `systemctl status` shows):
+/// `queued, position P of N: why`.
+pub fn queued_status(position: usize, of: usize, why: &str) -> String {
+    format!("queued, position {position} of {of}: {why}")
+}
+
+/// The position and reason in a status written by [`queued_status`]; `None` for any other text.
+pub fn parse_queued_status(text: &str) -> Option<(u32, String)> {
+    let rest = text.strip_prefix("queued, position ")?;
+    let (position, rest) = rest.split_once(" of ")?;
+    let (_, why) = rest.split_once(": ")?;
+    Some((position.parse().ok()?, why.to_string()))
 }
 
 #[cfg(test)]
@@ -196,6 +210,21 @@ mod tests {
             decide(&cfg(10, 2), Thermal::Normal, &[], &unlimited)[0].1,
             Verdict::Refuse(_)
         ));
+    }
+
+    #[test]
+    fn queued_status_round_trips() {
+        let text = queued_status(2, 3, "behind brain-experiment@a.service");
+        assert_eq!(
+            text,
+            "queued, position 2 of 3: behind brain-experiment@a.service"
+        );
+        assert_eq!(
+            parse_queued_status(&text),
+            Some((2, "behind brain-experiment@a.service".into()))
+        );
+        assert_eq!(parse_queued_status("running"), None);
+        assert_eq!(parse_queued_status(""), None);
     }
 
     #[test]

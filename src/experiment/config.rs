@@ -45,6 +45,7 @@ pub struct Experiment {
     pub command: Vec<String>,
     pub config: Option<PathBuf>,
     pub gpu: bool,
+    /// `EXPERIMENT_ENABLED=yes`: starts with the target whatever `systemctl enable` says.
     pub enabled: bool,
 }
 
@@ -193,10 +194,11 @@ pub fn parse(id: &str, text: &str) -> Result<Experiment, String> {
         .map(|v| parse_bool("EXPERIMENT_GPU", v))
         .transpose()?
         .unwrap_or(false);
+    // Absent: `systemctl enable` alone decides whether it starts with the target.
     let enabled = get("EXPERIMENT_ENABLED")
         .map(|v| parse_bool("EXPERIMENT_ENABLED", v))
         .transpose()?
-        .unwrap_or(true);
+        .unwrap_or(false);
     Ok(Experiment {
         id: id.to_string(),
         memory_max,
@@ -246,6 +248,42 @@ pub fn load(dir: &Path, id: &str) -> Result<Experiment, String> {
     parse(id, &text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
+/// The most an experiment's `.env` may hold when root reads it.
+const ENV_MAX_BYTES: u64 = 64 * 1024;
+
+/// One experiment by id, read the way a process running as root must read a configuration file:
+/// without following a symlink or blocking on a FIFO, only a regular file that root owns and
+/// only root may write, at most 64 KiB. (The generator runs before anything else can write
+/// there; the coordinator reads the file again at each start.)
+pub fn load_trusted(dir: &Path, id: &str) -> Result<Experiment, String> {
+    use std::io::Read;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    validate_id(id)?;
+    let path = dir.join(format!("{id}.env"));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+        .open(&path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if !meta.is_file() || meta.uid() != 0 || meta.mode() & 0o022 != 0 {
+        return Err(format!(
+            "{} must be a regular file that only root may write (chown root; chmod 644)",
+            path.display()
+        ));
+    }
+    let mut text = String::new();
+    file.take(ENV_MAX_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if text.len() as u64 > ENV_MAX_BYTES {
+        return Err(format!("{} is larger than 64 KiB", path.display()));
+    }
+    parse(id, &text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -275,7 +313,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             (e.memory_max, e.cpu_quota_percent, e.gpu, e.enabled),
-            (1 << 30, Some(50), true, true)
+            (1 << 30, Some(50), true, false)
         );
         assert_eq!(
             e.command,
@@ -290,10 +328,14 @@ mod tests {
                 && d.contains("DeviceAllow=/dev/nvidiactl rw\n"),
             "{d}"
         );
-        let e = parse("x", "EXPERIMENT_COMMAND=/bin/true\nEXPERIMENT_ENABLED=no\n").unwrap();
+        let e = parse(
+            "x",
+            "EXPERIMENT_COMMAND=/bin/true\nEXPERIMENT_ENABLED=yes\n",
+        )
+        .unwrap();
         assert_eq!(
             (e.memory_max, e.cpu_quota_percent, e.enabled),
-            (DEFAULT_RAM, None, false)
+            (DEFAULT_RAM, None, true)
         );
         assert!(!e.dropin(Path::new("x")).contains("CPUQuota"));
     }

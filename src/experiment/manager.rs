@@ -4,18 +4,18 @@ use super::config::{
     self, EXPERIMENTS_DIR, Experiment, TARGET, TEMPLATE_PATTERN, TRANSIENT_PATTERN,
 };
 use super::transient::RunSpec;
+use crate::coordinator::{GATE_COMM, policy};
 use crate::systemd::dbus::{self, SystemdError, UnitStatus, Verb};
 use crate::systemd::procfs;
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use zbus::zvariant::OwnedValue;
 
 /// What went wrong, by kind, so that a caller (brainctl) can say it and exit accordingly.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ManagerError {
-    /// The id is not a valid experiment id.
+    /// The id or the arguments are not valid, or the configuration says otherwise.
     InvalidId(String),
     /// No `.env` and no unit for this id.
     Unknown(String),
@@ -44,6 +44,14 @@ impl From<SystemdError> for ManagerError {
     fn from(e: SystemdError) -> ManagerError {
         match e {
             SystemdError::Denied(_) => ManagerError::Denied(e.to_string()),
+            SystemdError::Job(job) => {
+                let mut msg = job.to_string();
+                for line in &job.journal {
+                    msg.push_str("\n    ");
+                    msg.push_str(line);
+                }
+                ManagerError::Systemd(msg)
+            }
             other => ManagerError::Systemd(other.to_string()),
         }
     }
@@ -60,7 +68,8 @@ pub struct ExperimentStatus {
     pub unit: String,
     /// "template" (brain-experiment@) or "transient" (brain-run-).
     pub kind: &'static str,
-    /// From the `.env` file; `None` for a transient experiment without one.
+    /// Starts with `brain-experiment.target` (and so at boot): enabled with `systemctl enable`
+    /// or `EXPERIMENT_ENABLED=yes` in its `.env`; `None` for a transient experiment.
     pub enabled: Option<bool>,
     pub active_state: String,
     pub sub_state: String,
@@ -73,8 +82,10 @@ pub struct ExperimentStatus {
     pub restarts: u32,
     pub last_exit_status: Option<i32>,
     pub result: String,
-    /// Waiting for admission (`activating (start-pre)`), and why, as the coordinator says.
+    /// Waiting for admission, and why, as the coordinator says (the unit's status text).
     pub queued: Option<String>,
+    /// Its place in the queue, 1 first.
+    pub queue_position: Option<u32>,
 }
 
 pub struct ExperimentManager {
@@ -94,10 +105,6 @@ impl ExperimentManager {
         }
     }
 
-    pub fn with_dir(dir: PathBuf) -> ExperimentManager {
-        ExperimentManager { dir }
-    }
-
     fn configured(&self, id: &str) -> Result<Experiment> {
         config::validate_id(id).map_err(ManagerError::InvalidId)?;
         config::load(&self.dir, id).map_err(ManagerError::Unknown)
@@ -115,51 +122,83 @@ impl ExperimentManager {
         Ok(self.configured(id)?.unit())
     }
 
-    /// Starts `brain-experiment@<id>.service` and waits for systemd's answer.
+    /// Starts `brain-experiment@<id>.service` and waits for systemd's job, as `systemctl start`
+    /// does: it ends once the coordinator has admitted or queued the experiment, and fails with
+    /// the coordinator's reason when it refuses it.
     pub fn start_experiment(&self, id: &str) -> Result<String> {
         let unit = self.configured(id)?.unit();
-        dbus::run_and_wait(Verb::Start, &unit, Duration::from_secs(120))?;
+        dbus::run_and_wait(Verb::Start, &unit, None)?;
         Ok(unit)
     }
 
-    pub fn stop_experiment(&self, id: &str) -> Result<String> {
+    /// Stops the experiment; `Ok(None)` when it was not running (nothing to do, as `systemctl
+    /// stop` of a stopped unit).
+    pub fn stop_experiment(&self, id: &str) -> Result<Option<String>> {
         let unit = self.unit_for(id)?;
-        dbus::run_and_wait(Verb::Stop, &unit, Duration::from_secs(120))?;
-        Ok(unit)
+        let running = dbus::list_units(&[&unit])?
+            .iter()
+            .any(|u| !matches!(u.3.as_str(), "inactive" | "failed"));
+        if !running {
+            return Ok(None);
+        }
+        dbus::run_and_wait(Verb::Stop, &unit, None)?;
+        Ok(Some(unit))
     }
 
     pub fn restart_experiment(&self, id: &str) -> Result<String> {
         let unit = self.unit_for(id)?;
-        dbus::run_and_wait(Verb::Restart, &unit, Duration::from_secs(120))?;
+        dbus::run_and_wait(Verb::Restart, &unit, None)?;
         Ok(unit)
     }
 
     /// Starts every enabled experiment (`brain-experiment.target`).
     pub fn start_all(&self) -> Result<()> {
-        Ok(dbus::run_and_wait(
-            Verb::Start,
-            TARGET,
-            Duration::from_secs(300),
-        )?)
+        Ok(dbus::run_and_wait(Verb::Start, TARGET, None)?)
     }
 
     /// Stops every experiment, template and transient (they are all `PartOf=` the target).
     pub fn stop_all(&self) -> Result<()> {
-        Ok(dbus::run_and_wait(
-            Verb::Stop,
-            TARGET,
-            Duration::from_secs(300),
-        )?)
+        Ok(dbus::run_and_wait(Verb::Stop, TARGET, None)?)
     }
 
-    /// Creates the transient unit; returns its name once systemd has accepted the job.
+    /// `systemctl enable brain-experiment@<id>`: it starts with the target, at boot too.
+    pub fn enable_experiment(&self, id: &str) -> Result<String> {
+        let unit = self.configured(id)?.unit();
+        let m = dbus::manager()?;
+        m.enable_unit_files(&[&unit], false, false)
+            .map_err(SystemdError::from)?;
+        m.reload().map_err(SystemdError::from)?;
+        Ok(unit)
+    }
+
+    /// `systemctl disable brain-experiment@<id>`. An `.env` that says `EXPERIMENT_ENABLED=yes`
+    /// keeps it with the target: that is an error that names the line to remove.
+    pub fn disable_experiment(&self, id: &str) -> Result<String> {
+        let e = self.configured(id)?;
+        let unit = e.unit();
+        let m = dbus::manager()?;
+        m.disable_unit_files(&[&unit], false)
+            .map_err(SystemdError::from)?;
+        m.reload().map_err(SystemdError::from)?;
+        if e.enabled {
+            return Err(ManagerError::InvalidId(format!(
+                "{unit} still starts with {TARGET}: {}/{id}.env says EXPERIMENT_ENABLED=yes; remove that line",
+                self.dir.display()
+            )));
+        }
+        Ok(unit)
+    }
+
+    /// Creates the transient unit and waits for its start job, as `systemd-run` does: it ends
+    /// once the coordinator has admitted or queued it, and fails when it refuses it.
     pub fn run_experiment(&self, spec: RunSpec) -> Result<String> {
         let spec = spec.validate().map_err(ManagerError::InvalidId)?;
         let unit = spec.unit();
         let props = spec.properties();
-        dbus::manager()?
-            .start_transient_unit(&unit, "fail", &props, &[])
-            .map_err(SystemdError::from)?;
+        let m = dbus::manager()?;
+        dbus::wait_for_job(&unit, "start", None, || {
+            Ok(m.start_transient_unit(&unit, "fail", &props, &[])?)
+        })?;
         Ok(unit)
     }
 
@@ -204,21 +243,43 @@ impl ExperimentManager {
             }
         }
         let mut values = dbus::properties(&requests)?.into_iter();
-        // Why queued units wait, as the coordinator wrote it (read only when one is queued).
-        let queue: BTreeMap<String, String> = if units.iter().any(|(_, u)| u.4 == "start-pre") {
-            crate::statefile::load(std::path::Path::new(crate::coordinator::QUEUE_FILE))
-        } else {
-            BTreeMap::new()
-        };
         let mut out = Vec::new();
-        for (id, unit) in units {
+        for (id, unit) in &units {
             let props: HashMap<&str, OwnedValue> = wanted_properties(&unit.3)
                 .iter()
                 .zip(values.by_ref())
                 .filter_map(|(name, v)| Some((*name, v?)))
                 .collect();
-            let enabled = configured.iter().find(|e| e.id == id).map(|e| e.enabled);
-            out.push(status_from(id, &unit, &props, enabled, &queue));
+            let enabled = configured
+                .iter()
+                .find(|e| e.id == *id)
+                .map(|e| e.enabled || is_enabled(&e.unit()));
+            out.push(status_from(id.clone(), unit, &props, enabled));
+        }
+        // A queued experiment's main process is still its gate; why it waits is its status
+        // text, read only for those.
+        let gates: Vec<usize> = out
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.main_pid.and_then(procfs::comm).as_deref() == Some(GATE_COMM))
+            .map(|(i, _)| i)
+            .collect();
+        let texts = dbus::properties(
+            &gates
+                .iter()
+                .map(|&i| (&units[i].1.6, dbus::SERVICE_INTERFACE, "StatusText"))
+                .collect::<Vec<_>>(),
+        )?;
+        for (i, text) in gates.into_iter().zip(texts) {
+            let text = text
+                .and_then(|t| String::try_from(t).ok())
+                .unwrap_or_default();
+            let (position, why) = policy::parse_queued_status(&text).map_or(
+                (None, "waiting for the coordinator".to_string()),
+                |(p, w)| (Some(p), w),
+            );
+            out[i].queued = Some(why);
+            out[i].queue_position = position;
         }
         for e in &configured {
             if !out.iter().any(|s| s.id == e.id && s.kind == "template") {
@@ -226,7 +287,7 @@ impl ExperimentManager {
                     id: e.id.clone(),
                     unit: e.unit(),
                     kind: "template",
-                    enabled: Some(e.enabled),
+                    enabled: Some(e.enabled || is_enabled(&e.unit())),
                     active_state: "inactive".into(),
                     sub_state: "dead".into(),
                     since: None,
@@ -239,6 +300,7 @@ impl ExperimentManager {
                     last_exit_status: None,
                     result: "success".into(),
                     queued: None,
+                    queue_position: None,
                 });
             }
         }
@@ -308,7 +370,6 @@ fn status_from(
     unit: &UnitStatus,
     props: &HashMap<&str, OwnedValue>,
     enabled: Option<bool>,
-    queue: &BTreeMap<String, String>,
 ) -> ExperimentStatus {
     let known = |v: Option<u64>| v.filter(|&x| x != u64::MAX);
     let main_pid = prop::<u32>(props, "MainPID").filter(|&p| p != 0);
@@ -344,11 +405,21 @@ fn status_from(
         } else {
             prop(props, "Result").unwrap_or_default()
         },
-        queued: (unit.3 == "activating" && unit.4 == "start-pre").then(|| {
-            queue
-                .get(&unit.0)
-                .cloned()
-                .unwrap_or_else(|| "waiting for the coordinator".into())
-        }),
+        queued: None,
+        queue_position: None,
     }
+}
+
+/// Enabled with `systemctl enable` (or `brainctl enable`): the symlink it makes in the target's
+/// `.wants/` folder, persistent or for this boot only.
+fn is_enabled(unit: &str) -> bool {
+    ["/etc/systemd/system", "/run/systemd/system"]
+        .iter()
+        .any(|d| {
+            Path::new(d)
+                .join(format!("{TARGET}.wants"))
+                .join(unit)
+                .symlink_metadata()
+                .is_ok()
+        })
 }

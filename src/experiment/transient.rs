@@ -12,8 +12,10 @@ pub const RESTART_USEC: u64 = 2_000_000;
 pub const START_LIMIT_BURST: u32 = 3;
 pub const START_LIMIT_INTERVAL_USEC: u64 = 600_000_000;
 pub const TIMEOUT_STOP_USEC: u64 = 60_000_000;
+/// The wait for the coordinator's first answer (the template's `TimeoutStartSec=90s`).
+pub const TIMEOUT_START_USEC: u64 = 90_000_000;
 pub const USER: &str = "brain";
-/// The admission gate, installed beside brainctl (the template's ExecStartPre=).
+/// The admission gate, installed beside brainctl: the first main process, as in the template.
 pub const GATE: &str = concat!(env!("HOMELAB_BINDIR"), "/brain-admit");
 pub const COORDINATOR_SOCKET: &str = "brain-experiment-coordinator.socket";
 
@@ -77,18 +79,25 @@ impl RunSpec {
         if let Some(c) = &self.config {
             env.push(format!("EXPERIMENT_CONFIG={}", c.display()));
         }
-        let exec = vec![(self.command[0].clone(), self.command.clone(), false)];
+        // The gate runs first and execs the command once admitted (as the template's ExecStart=).
+        let mut argv = vec![GATE.to_string()];
+        argv.extend(self.command.iter().cloned());
+        let exec = vec![(GATE.to_string(), argv, false)];
         let mut props: Vec<(&'static str, Value<'static>)> = vec![
             (
                 "Description",
                 Value::from(format!("Brain-in-jar experiment {} (transient)", self.id)),
             ),
-            ("Type", Value::from("exec")),
+            ("Type", Value::from("notify")),
+            ("NotifyAccess", Value::from("main")),
+            ("TimeoutStartUSec", Value::from(TIMEOUT_START_USEC)),
             (
-                "ExecStartPre",
-                Value::from(vec![(GATE.to_string(), vec![GATE.to_string()], false)]),
+                "RestartPreventExitStatus",
+                Value::from((
+                    vec![i32::from(crate::coordinator::EXIT_REFUSED)],
+                    Vec::<i32>::new(),
+                )),
             ),
-            ("TimeoutStartUSec", Value::from(u64::MAX)),
             ("Wants", Value::from(vec![COORDINATOR_SOCKET.to_string()])),
             ("After", Value::from(vec![COORDINATOR_SOCKET.to_string()])),
             ("ExecStart", Value::from(exec)),

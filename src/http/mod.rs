@@ -214,13 +214,22 @@ impl From<ApiError> for Response {
 /// which rule to check.
 impl From<crate::systemd::dbus::SystemdError> for ApiError {
     fn from(e: crate::systemd::dbus::SystemdError) -> ApiError {
+        use crate::systemd::dbus::SystemdError;
         let hint = match e {
-            crate::systemd::dbus::SystemdError::Denied(_) => {
+            SystemdError::Denied(_) => {
                 ": the polkit rule for user abc (50-homelab.rules) is missing or does not match"
             }
             _ => "",
         };
-        ApiError::new(502, format!("{e}{hint}"))
+        let error = ApiError::new(502, format!("{e}{hint}"));
+        match e {
+            SystemdError::Job(job) => error
+                .with_extra("unit", json!(job.unit))
+                .with_extra("job_result", json!(job.result))
+                .with_extra("result", json!(job.unit_result))
+                .with_extra("journal", json!(job.journal)),
+            _ => error,
+        }
     }
 }
 

@@ -80,7 +80,7 @@ pub fn check(config: &Config, store: &ActivityStore) -> anyhow::Result<()> {
     let decision = decide(config, &activity, &running, now);
     for name in &decision.stop {
         let unit = models::unit_of(name).expect("names from unit names fit");
-        match dbus::run_and_wait(Verb::Stop, &unit, std::time::Duration::from_secs(90)) {
+        match dbus::run_and_wait(Verb::Stop, &unit, Some(std::time::Duration::from_secs(90))) {
             Ok(()) => log_info!(
                 "stopped {unit}: no activity for {} minutes",
                 config.idle_threshold_minutes

@@ -20,9 +20,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub const SERVICE_NAME: &str = "Inference Model Service";
-/// How long a freshly started model must stay up to count as started: catches a command that
-/// does not exist or exits at once, not a server that fails later while loading.
-const SETTLE: Duration = Duration::from_millis(500);
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Route {
@@ -104,26 +101,22 @@ impl InferenceService {
         })
     }
 
+    /// Starts, stops or restarts the model's unit and answers with how systemd's job ended: a
+    /// start that fails (the model server cannot be run, or its unit's start times out) is a 502
+    /// with the job's and the unit's result and its last journal lines.
     fn act(&self, raw: &str, verb: Verb) -> Result<Response, ApiError> {
         let model = self.model(raw)?;
         let unit = model.unit();
-        dbus::run_and_wait(verb, &unit, Duration::from_secs(90)).map_err(ApiError::from)?;
-        if verb != Verb::Stop {
-            std::thread::sleep(SETTLE);
-            let (u, s) = dbus::unit(&unit).map_err(ApiError::from)?;
-            let state = u.active_state().unwrap_or_default();
-            let sub = u.sub_state().unwrap_or_default();
-            if state == "failed" || sub == "auto-restart" || state == "inactive" {
-                let result = s.result().unwrap_or_default();
-                let status = s.exec_main_status().unwrap_or_default();
-                return Err(ApiError::new(
-                    502,
-                    format!("model {} did not start: {unit} is {state} ({sub}), result {result}, exit status {status}", model.name),
-                )
-                .with_extra("unit", json!(unit))
-                .with_extra("journal", json!(crate::systemd::journal_lines(&unit, 10, "cat").unwrap_or_default())));
-            }
-        }
+        dbus::run_and_wait(verb, &unit, Some(Duration::from_secs(90))).map_err(|e| {
+            let mut error = ApiError::from(e);
+            error.message = format!(
+                "model {} did not {}: {}",
+                model.name,
+                verb.as_str(),
+                error.message
+            );
+            error
+        })?;
         let done = match verb {
             Verb::Start => "started",
             Verb::Stop => "stopped",

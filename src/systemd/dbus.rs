@@ -23,6 +23,9 @@ pub type UnitStatus = (
     OwnedObjectPath,
 );
 
+/// One change `EnableUnitFiles`/`DisableUnitFiles` made: kind (`symlink`, `unlink`), file, target.
+pub type UnitFileChange = (String, String, String);
+
 #[zbus::proxy(
     interface = "org.freedesktop.systemd1.Manager",
     default_service = "org.freedesktop.systemd1",
@@ -49,6 +52,19 @@ pub trait Manager {
     ) -> zbus::Result<()>;
     fn freeze_unit(&self, name: &str) -> zbus::Result<()>;
     fn thaw_unit(&self, name: &str) -> zbus::Result<()>;
+    fn enable_unit_files(
+        &self,
+        files: &[&str],
+        runtime: bool,
+        force: bool,
+    ) -> zbus::Result<(bool, Vec<UnitFileChange>)>;
+    fn disable_unit_files(
+        &self,
+        files: &[&str],
+        runtime: bool,
+    ) -> zbus::Result<Vec<UnitFileChange>>;
+    fn get_unit_file_state(&self, file: &str) -> zbus::Result<String>;
+    fn reload(&self) -> zbus::Result<()>;
     fn start_transient_unit(
         &self,
         name: &str,
@@ -93,6 +109,12 @@ pub trait ServiceUnit {
     fn exec_main_status(&self) -> zbus::Result<i32>;
     #[zbus(property, name = "MainPID")]
     fn main_pid(&self) -> zbus::Result<u32>;
+    #[zbus(property)]
+    fn status_text(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn memory_max(&self) -> zbus::Result<u64>;
+    #[zbus(property, name = "CPUQuotaPerSecUSec")]
+    fn cpu_quota_per_sec_usec(&self) -> zbus::Result<u64>;
 }
 
 #[zbus::proxy(
@@ -105,17 +127,6 @@ pub trait Timer {
     /// Microseconds since the epoch; 0 when the timer will not elapse again.
     #[zbus(property, name = "NextElapseUSecRealtime")]
     fn next_elapse_usec_realtime(&self) -> zbus::Result<u64>;
-}
-
-#[zbus::proxy(
-    interface = "org.freedesktop.systemd1.Job",
-    default_service = "org.freedesktop.systemd1",
-    gen_async = false,
-    blocking_name = "JobProxy"
-)]
-pub trait Job {
-    #[zbus(property)]
-    fn state(&self) -> zbus::Result<String>;
 }
 
 #[zbus::proxy(
@@ -145,6 +156,8 @@ pub enum SystemdError {
     NoSuchUnit(String),
     /// The bus could not be reached, or the call failed otherwise.
     Failed(String),
+    /// systemd ran the job, and it did not end `done`.
+    Job(Box<JobFailure>),
 }
 
 impl std::fmt::Display for SystemdError {
@@ -153,6 +166,7 @@ impl std::fmt::Display for SystemdError {
             SystemdError::Denied(m) => write!(f, "permission denied by polkit: {m}"),
             SystemdError::NoSuchUnit(m) => write!(f, "no such unit: {m}"),
             SystemdError::Failed(m) => write!(f, "systemd: {m}"),
+            SystemdError::Job(j) => write!(f, "{j}"),
         }
     }
 }
@@ -194,26 +208,6 @@ pub fn manager() -> Result<ManagerProxy<'static>, SystemdError> {
     Ok(ManagerProxy::new(system_bus()?)?)
 }
 
-/// Waits until the job at `job` has left systemd's queue (its object is gone), as `systemctl`
-/// does before it reports; false when it is still there after `timeout`.
-pub fn wait_for_job(
-    job: &OwnedObjectPath,
-    timeout: std::time::Duration,
-) -> Result<bool, SystemdError> {
-    let proxy = JobProxy::builder(system_bus()?)
-        .path(job.clone())?
-        .cache_properties(zbus::proxy::CacheProperties::No)
-        .build()?;
-    let deadline = std::time::Instant::now() + timeout;
-    while proxy.state().is_ok() {
-        if std::time::Instant::now() > deadline {
-            return Ok(false);
-        }
-        std::thread::sleep(std::time::Duration::from_millis(2));
-    }
-    Ok(true)
-}
-
 /// What to do to a unit, as `systemctl VERB`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verb {
@@ -232,30 +226,139 @@ impl Verb {
     }
 }
 
-/// Runs `verb` on `unit` and waits for the job to finish, as `systemctl` does.
+/// A job that did not end `done`, with what a user needs to see why: systemd's job result
+/// (`failed`, `canceled`, `timeout`, `dependency`, `skipped`, ...), the unit's own `Result`
+/// (`exit-code`, `oom-kill`, ...) and, for a failure, the unit's last journal lines.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobFailure {
+    pub unit: String,
+    pub job: String,
+    pub result: String,
+    pub unit_result: String,
+    pub journal: Vec<String>,
+}
+
+impl std::fmt::Display for JobFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the {} job of {} ended \"{}\"",
+            self.job, self.unit, self.result
+        )?;
+        if !self.unit_result.is_empty() && self.unit_result != "success" {
+            write!(f, " (the unit's result: {})", self.unit_result)?;
+        }
+        if self.result == "failed" {
+            write!(f, "; see journalctl -u {}", self.unit)?;
+        }
+        Ok(())
+    }
+}
+
+/// A job ends with one `JobRemoved` signal; this is its match rule.
+fn job_removed_rule() -> zbus::Result<zbus::MatchRule<'static>> {
+    Ok(zbus::MatchRule::builder()
+        .msg_type(zbus::message::Type::Signal)
+        .sender(SYSTEMD)?
+        .interface("org.freedesktop.systemd1.Manager")?
+        .member("JobRemoved")?
+        .path("/org/freedesktop/systemd1")?
+        .build())
+}
+
+/// Enqueues a job with `enqueue` (a call that returns the job's object path) and waits for its
+/// `JobRemoved` signal, as `systemctl` does: the match is in place before the call, so the signal
+/// cannot be missed. `timeout` bounds the wait (`None`: as long as systemd takes, bounded by the
+/// unit's own job timeouts). A result other than `done` is a [`SystemdError::Job`].
+pub fn wait_for_job(
+    unit: &str,
+    verb: &str,
+    timeout: Option<std::time::Duration>,
+    enqueue: impl FnOnce() -> Result<OwnedObjectPath, SystemdError>,
+) -> Result<(), SystemdError> {
+    use futures_lite::StreamExt;
+    let bus = system_bus()?;
+    let mut signals =
+        zbus::blocking::MessageIterator::for_match_rule(job_removed_rule()?, bus, Some(1024))?
+            .into_inner();
+    let job = enqueue()?;
+    let wait = async {
+        while let Some(msg) = signals.next().await {
+            let Ok(msg) = msg else { continue };
+            let body = msg.body();
+            let Ok((_, path, _, result)) =
+                body.deserialize::<(u32, zbus::zvariant::ObjectPath<'_>, &str, &str)>()
+            else {
+                continue;
+            };
+            if path.as_str() == job.as_str() {
+                return Some(result.to_string());
+            }
+        }
+        None
+    };
+    let result = match timeout {
+        None => async_io::block_on(wait),
+        Some(t) => async_io::block_on(futures_lite::future::or(wait, async {
+            async_io::Timer::after(t).await;
+            None
+        })),
+    };
+    let Some(result) = result else {
+        return Err(SystemdError::Failed(format!(
+            "the {verb} job of {unit} did not finish within {:?}",
+            timeout.unwrap_or_default()
+        )));
+    };
+    if result == "done" {
+        return Ok(());
+    }
+    Err(SystemdError::Job(Box::new(JobFailure {
+        unit: unit.to_string(),
+        job: verb.to_string(),
+        unit_result: unit_result(unit).unwrap_or_default(),
+        journal: if result == "failed" {
+            crate::systemd::journal_lines(unit, 10, "cat").unwrap_or_default()
+        } else {
+            Vec::new()
+        },
+        result,
+    })))
+}
+
+/// Runs `verb` on `unit` and waits for the job to end (see [`wait_for_job`]).
 pub fn run_and_wait(
     verb: Verb,
     unit: &str,
-    timeout: std::time::Duration,
+    timeout: Option<std::time::Duration>,
 ) -> Result<(), SystemdError> {
     let m = manager()?;
-    let job = match verb {
-        Verb::Start => m.start_unit(unit, "replace")?,
-        Verb::Stop => m.stop_unit(unit, "replace")?,
-        Verb::Restart => m.restart_unit(unit, "replace")?,
-    };
-    if !wait_for_job(&job, timeout)? {
-        return Err(SystemdError::Failed(format!(
-            "the {} job of {unit} did not finish within {timeout:?}",
-            verb.as_str()
-        )));
-    }
-    Ok(())
+    wait_for_job(unit, verb.as_str(), timeout, || {
+        Ok(match verb {
+            Verb::Start => m.start_unit(unit, "replace")?,
+            Verb::Stop => m.stop_unit(unit, "replace")?,
+            Verb::Restart => m.restart_unit(unit, "replace")?,
+        })
+    })
 }
 
 /// Starts `unit` and waits for the job to finish (a timer's start takes milliseconds).
 pub fn start_unit_and_wait(unit: &str) -> Result<(), SystemdError> {
-    run_and_wait(Verb::Start, unit, std::time::Duration::from_secs(10))
+    run_and_wait(Verb::Start, unit, Some(std::time::Duration::from_secs(10)))
+}
+
+/// The unit's `Result` property (`success`, `exit-code`, `oom-kill`, ...), from the interface
+/// of its type.
+pub fn unit_result(unit: &str) -> Option<String> {
+    let interface = match unit.rsplit_once('.')?.1 {
+        "service" => SERVICE_INTERFACE,
+        "timer" => "org.freedesktop.systemd1.Timer",
+        "socket" => "org.freedesktop.systemd1.Socket",
+        "mount" => "org.freedesktop.systemd1.Mount",
+        _ => return None,
+    };
+    let path = manager().ok()?.load_unit(unit).ok()?;
+    String::try_from(property(&path, interface, "Result")?).ok()
 }
 
 /// Proxies for the unit `name` (loaded if it is not), without property caching.

@@ -83,6 +83,32 @@ pub fn memory_of(pid: u32, unit: &str) -> (Option<u64>, Option<u64>) {
     (read(current), read(peak))
 }
 
+/// The unit a process runs in: the last `.service` component of its cgroup path (the same on
+/// the v1 and v2 hierarchies); `None` when it is gone or runs in no service.
+pub fn unit_of_pid(pid: u32) -> Option<String> {
+    unit_of_cgroup(&std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?)
+}
+
+/// [`unit_of_pid`] from the text of `/proc/PID/cgroup`.
+fn unit_of_cgroup(proc_cgroup: &str) -> Option<String> {
+    proc_cgroup
+        .lines()
+        .filter_map(|l| l.rsplit('/').next())
+        .find(|u| u.ends_with(".service"))
+        .map(str::to_string)
+}
+
+/// The process's name as the kernel keeps it (`/proc/PID/comm`: the executable's file name, at
+/// most 15 bytes).
+pub fn comm(pid: u32) -> Option<String> {
+    Some(
+        std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .ok()?
+            .trim_end_matches('\n')
+            .to_string(),
+    )
+}
+
 /// When the process `pid` started, in microseconds since the epoch (10 ms resolution: the
 /// kernel counts in clock ticks since boot); `None` when it is gone.
 pub fn start_usec(pid: u32) -> Option<u64> {
@@ -113,6 +139,19 @@ fn start_usec_from(stat: &str, proc_stat: &str, ticks_per_sec: u64) -> Option<u6
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_unit_of_a_process_from_its_cgroup() {
+        let v2 = "0::/system.slice/brain-experiments.slice/brain-experiment@e1.service\n";
+        assert_eq!(
+            unit_of_cgroup(v2).as_deref(),
+            Some("brain-experiment@e1.service")
+        );
+        let v1 = "12:pids:/system.slice/brain-run-x.service\n1:name=systemd:/system.slice/brain-run-x.service\n";
+        assert_eq!(unit_of_cgroup(v1).as_deref(), Some("brain-run-x.service"));
+        assert_eq!(unit_of_cgroup("0::/user.slice/session-1.scope\n"), None);
+        assert!(comm(std::process::id()).is_some());
+    }
 
     #[test]
     fn start_time_from_proc() {

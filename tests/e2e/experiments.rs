@@ -2,7 +2,7 @@
 //! generator, the transient launcher and brainctl, on a booted systemd.
 
 use crate::ensure_eq;
-use crate::harness::{Group, Sandbox, wait_for};
+use crate::harness::{Group, Sandbox, holds_for, wait_for};
 use anyhow::{Context, Result, ensure};
 use serde_json::Value;
 use std::time::Duration;
@@ -35,6 +35,14 @@ pub const GROUP: Group = Group {
             brainctl_errors_and_exit_codes,
         ),
         (
+            "enable_and_disable_decide_what_boots",
+            enable_and_disable_decide_what_boots,
+        ),
+        (
+            "an_edited_env_applies_at_the_next_restart",
+            an_edited_env_applies_at_the_next_restart,
+        ),
+        (
             "logrotate_and_verify_with_generated_dropins",
             logrotate_and_verify_with_generated_dropins,
         ),
@@ -47,13 +55,14 @@ pub const GROUP: Group = Group {
 
 const DIR: &str = "/etc/brain-in-jar/experiments";
 
+/// e1 is enabled by its .env (EXPERIMENT_ENABLED=yes), e2 with `systemctl enable`, e3 not at all.
 fn setup(s: &Sandbox) -> Result<()> {
     s.ok(&format!(
-        "mkdir -p {DIR} && rm -f {DIR}/* && cd {DIR} && \
-         printf 'EXPERIMENT_RAM_LIMIT=1G\\nEXPERIMENT_CPU_QUOTA=50%%\\nEXPERIMENT_COMMAND=/bin/sleep infinity\\n' > e1.env && \
+        "mkdir -p {DIR} && rm -f {DIR}/* /etc/systemd/system/brain-experiment.target.wants/* && cd {DIR} && \
+         printf 'EXPERIMENT_RAM_LIMIT=1G\\nEXPERIMENT_CPU_QUOTA=50%%\\nEXPERIMENT_COMMAND=/bin/sleep infinity\\nEXPERIMENT_ENABLED=yes\\n' > e1.env && \
          printf 'EXPERIMENT_RAM_LIMIT=512M\\nEXPERIMENT_CPU_QUOTA=200%%\\nEXPERIMENT_COMMAND=/bin/sleep infinity\\nEXPERIMENT_GPU=yes\\n' > e2.env && \
-         printf 'EXPERIMENT_RAM_LIMIT=256M\\nEXPERIMENT_COMMAND=/bin/sleep infinity\\nEXPERIMENT_ENABLED=no\\n' > e3.env && \
-         systemctl daemon-reload"
+         printf 'EXPERIMENT_RAM_LIMIT=256M\\nEXPERIMENT_COMMAND=/bin/sleep infinity\\n' > e3.env && \
+         systemctl daemon-reload && systemctl enable brain-experiment@e2"
     ))?;
     Ok(())
 }
@@ -113,10 +122,15 @@ fn target_starts_enabled_and_stops_all(s: &Sandbox) -> Result<()> {
         "the disabled experiment"
     );
     let pid = s.prop(&unit("e1"), "MainPID")?;
-    ensure_eq!(
-        s.ok(&format!("ps -o user=,args= -p {pid}"))?.trim(),
-        "brain    /bin/sleep infinity"
-    );
+    // Admitted, the gate execs the experiment in its place: same PID, user brain.
+    wait_for(
+        "e1's gate to become the experiment",
+        Duration::from_secs(5),
+        || {
+            Ok(s.ok(&format!("ps -o user=,args= -p {pid}"))?.trim()
+                == "brain    /bin/sleep infinity")
+        },
+    )?;
     ensure_eq!(
         s.ok(&format!(
             "tr '\\0' '\\n' < /proc/{pid}/environ | grep ^EXPERIMENT_ID="
@@ -139,7 +153,9 @@ fn target_starts_enabled_and_stops_all(s: &Sandbox) -> Result<()> {
 
 fn a_failing_experiment_stops_after_three_starts(s: &Sandbox) -> Result<()> {
     setup(s)?;
-    s.ok(&format!("printf 'EXPERIMENT_COMMAND=/bin/false\\nEXPERIMENT_ENABLED=no\\n' > {DIR}/crash.env && systemctl daemon-reload"))?;
+    s.ok(&format!(
+        "printf 'EXPERIMENT_COMMAND=/bin/false\\n' > {DIR}/crash.env && systemctl daemon-reload"
+    ))?;
     let (code, out, err) = brainctl(s, "start crash")?;
     ensure!(code == 0, "start: {out}{err}");
     wait_for(
@@ -147,8 +163,11 @@ fn a_failing_experiment_stops_after_three_starts(s: &Sandbox) -> Result<()> {
         Duration::from_secs(30),
         || Ok(s.active_state(&unit("crash"))? == "failed"),
     )?;
-    std::thread::sleep(Duration::from_secs(4));
-    ensure_eq!(s.active_state(&unit("crash"))?, "failed", "stays failed");
+    holds_for(
+        "the crashing experiment stays failed",
+        Duration::from_secs(4),
+        || Ok(s.active_state(&unit("crash"))? == "failed"),
+    )?;
     let starts = s.ok(&format!(
         "journalctl -u {} --no-pager -o cat | grep -c '^Started '",
         unit("crash")
@@ -189,12 +208,8 @@ fn brainctl_run_makes_a_transient_unit_with_limits(s: &Sandbox) -> Result<()> {
     ensure!(code == 0, "run: {out}{err}");
     ensure_eq!(out.trim(), "brain-run-t1.service");
     let t = "brain-run-t1.service";
-    // brainctl returns once systemd accepted the job; the unit is up a moment later.
-    wait_for(
-        "the transient unit to be active",
-        Duration::from_secs(10),
-        || Ok(s.active_state(t)? == "active"),
-    )?;
+    // brainctl returns when the start job has ended: admitted, the unit is up.
+    ensure_eq!(s.active_state(t)?, "active");
     ensure_eq!(s.prop(t, "MemoryMax")?, "268435456");
     ensure_eq!(s.prop(t, "CPUQuotaPerSecUSec")?, "250ms");
     ensure_eq!(s.prop(t, "Slice")?, "brain-experiments.slice");
@@ -313,10 +328,10 @@ fn status_of_many_experiments_agrees_with_systemctl_show(s: &Sandbox) -> Result<
 fn many_experiments(s: &Sandbox) -> Result<()> {
     const N: u32 = 80;
     s.ok(&format!(
-        "for i in $(seq 1 {N}); do systemd-run --quiet --no-block --unit=brain-run-m$i \
+        "for i in $(seq 1 {N}); do systemd-run --quiet --unit=brain-run-m$i \
            --slice=brain-experiments.slice -p MemoryMax=${{i}}M -p CPUQuota=$((i + 5))% \
            /bin/sleep infinity || exit 1; done; \
-         systemd-run --quiet --no-block --unit=brain-run-bad /bin/sh -c 'exit 7'"
+         systemd-run --quiet --unit=brain-run-bad /bin/sh -c 'exit 7'"
     ))?;
     wait_for("the units to run", Duration::from_secs(60), || {
         let n = s.ok(
@@ -373,6 +388,12 @@ fn brainctl_errors_and_exit_codes(s: &Sandbox) -> Result<()> {
             "start {bad:.40}: {code} {err}"
         );
     }
+    // Stopping what does not run is nothing to do, as `systemctl stop` says.
+    let (code, out, err) = brainctl(s, "stop e3")?;
+    ensure!(
+        code == 0 && out.contains("not running"),
+        "stop of a stopped experiment: {code} {out}{err}"
+    );
     let (code, _, err) = brainctl(s, "start nosuch")?;
     ensure!(
         code == 3 && err.contains("no experiment"),
@@ -404,6 +425,90 @@ fn brainctl_errors_and_exit_codes(s: &Sandbox) -> Result<()> {
     );
     let (code, out, _) = brainctl(s, "logs e1 -n 5")?;
     ensure!(code == 0, "logs: {out}");
+    Ok(())
+}
+
+/// `systemctl enable`/`disable` (and brainctl's) decide what starts at boot, beside
+/// `EXPERIMENT_ENABLED=yes` in the .env, which `disable` cannot override (and says so).
+fn enable_and_disable_decide_what_boots(s: &Sandbox) -> Result<()> {
+    setup(s)?;
+    ensure_eq!(
+        s.ok("systemctl is-enabled brain-experiment@e3 || true")?
+            .trim(),
+        "disabled"
+    );
+    s.ok("systemctl enable brain-experiment@e3")?;
+    s.ok("systemctl disable brain-experiment@e2")?;
+    s.stop();
+    s.start()?;
+    wait_for(
+        "e3 and e1 to run after the reboot",
+        Duration::from_secs(20),
+        || Ok(s.active_state(&unit("e3"))? == "active" && s.active_state(&unit("e1"))? == "active"),
+    )?;
+    ensure_eq!(s.active_state(&unit("e2"))?, "inactive", "the disabled e2");
+    let (_, out, _) = brainctl(s, "status e3 --json")?;
+    let e3: Value = serde_json::from_str(&out).context("status e3 --json")?;
+    ensure_eq!(e3["enabled"], true);
+    s.ok("systemctl disable brain-experiment@e3")?;
+    s.stop();
+    s.start()?;
+    wait_for(
+        "e1 to run after the second reboot",
+        Duration::from_secs(20),
+        || Ok(s.active_state(&unit("e1"))? == "active"),
+    )?;
+    ensure_eq!(s.active_state(&unit("e3"))?, "inactive", "e3 after disable");
+    // brainctl enable/disable are the same.
+    let (code, out, err) = brainctl(s, "enable e3")?;
+    ensure!(code == 0, "brainctl enable: {out}{err}");
+    ensure_eq!(
+        s.ok("systemctl is-enabled brain-experiment@e3")?.trim(),
+        "enabled"
+    );
+    let (code, out, err) = brainctl(s, "disable e3")?;
+    ensure!(code == 0, "brainctl disable: {out}{err}");
+    ensure_eq!(
+        s.ok("systemctl is-enabled brain-experiment@e3 || true")?
+            .trim(),
+        "disabled"
+    );
+    // EXPERIMENT_ENABLED=yes in the file wins, and disable says which line to remove.
+    let (code, _, err) = brainctl(s, "disable e1")?;
+    ensure!(
+        code == 2 && err.contains("EXPERIMENT_ENABLED=yes"),
+        "disable of a file-enabled experiment: {code} {err}"
+    );
+    s.ok("systemctl stop brain-experiment.target")?;
+    Ok(())
+}
+
+/// The seeds' quickstart: edit the .env, `systemctl restart`: the new limits and command apply,
+/// with no daemon-reload.
+fn an_edited_env_applies_at_the_next_restart(s: &Sandbox) -> Result<()> {
+    setup(s)?;
+    s.ok(&format!(
+        "printf 'EXPERIMENT_RAM_LIMIT=256M\\nEXPERIMENT_COMMAND=/bin/sleep infinity\\n' > {DIR}/x.env && systemctl daemon-reload"
+    ))?;
+    s.ok("systemctl start brain-experiment@x")?;
+    ensure_eq!(s.prop(&unit("x"), "MemoryMax")?, "268435456");
+    s.ok(&format!(
+        "sed -i -e 's/=256M/=512M/' -e 's|sleep infinity|sleep 86400|' {DIR}/x.env && \
+         printf 'EXPERIMENT_CPU_QUOTA=30%%\\n' >> {DIR}/x.env"
+    ))?;
+    s.ok("systemctl restart brain-experiment@x")?;
+    ensure_eq!(s.prop(&unit("x"), "MemoryMax")?, "536870912");
+    ensure_eq!(s.prop(&unit("x"), "CPUQuotaPerSecUSec")?, "300ms");
+    let pid = s.prop(&unit("x"), "MainPID")?;
+    wait_for("the new command to run", Duration::from_secs(5), || {
+        Ok(s.ok(&format!("ps -o args= -p {pid}"))?.trim() == "/bin/sleep 86400")
+    })?;
+    let (code, out, _) = brainctl(s, "status x --json")?;
+    ensure!(code == 0, "{out}");
+    let x: Value = serde_json::from_str(&out).context("status x --json")?;
+    ensure_eq!(x["memory_limit"], 536870912u64);
+    ensure_eq!(x["cpu_quota_percent"], 30.0);
+    s.ok("systemctl stop brain-experiment@x")?;
     Ok(())
 }
 

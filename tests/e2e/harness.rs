@@ -269,6 +269,23 @@ pub fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> Result<bo
     }
 }
 
+/// Samples `cond` every 200 ms for `period`: an invariant that must hold throughout (nothing
+/// restarts, nothing more starts), not a wait; fails at the first sample where it does not.
+pub fn holds_for(
+    what: &str,
+    period: Duration,
+    mut cond: impl FnMut() -> Result<bool>,
+) -> Result<()> {
+    let start = Instant::now();
+    while start.elapsed() < period {
+        if !cond()? {
+            bail!("{what} stopped holding after {:?}", start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok(())
+}
+
 /// `ensure!` with both values in the message.
 #[macro_export]
 macro_rules! ensure_eq {

@@ -130,7 +130,7 @@ stop() {
     nspawn=$(cat "$dir.nspawn-pid" 2>/dev/null || true)
     if [ -n "$nspawn" ] && kill -0 "$nspawn" 2>/dev/null; then
         pid=$(leader "$dir" || true)
-        [ -n "$pid" ] && nsenter -t "$pid" -a systemctl poweroff --no-block >/dev/null 2>&1 || true
+        [ -n "$pid" ] && timeout 10 nsenter -t "$pid" -a systemctl poweroff >/dev/null 2>&1 || true
         for i in $(seq 1 100); do kill -0 "$nspawn" 2>/dev/null || break; sleep 0.1; done
         kill -0 "$nspawn" 2>/dev/null && { kill -KILL "$nspawn" 2>/dev/null || true; sleep 0.2; }
     fi
