@@ -301,18 +301,59 @@ macro_rules! ensure_eq {
     };
 }
 
-/// Runs the groups (all, or those named on the command line), prints a summary, returns the exit code.
+/// The Debian releases the suite runs on, each with its own systemd: bookworm (systemd 252) and
+/// trixie (systemd 257). `HOMELAB_E2E_SUITES="bookworm"` runs one.
+const SUITES: &str = "bookworm trixie";
+
+/// Runs the groups (all, or those named on the command line) on each Debian release in turn,
+/// prints a summary per release, returns the exit code.
 pub fn run(groups: &[Group]) -> std::process::ExitCode {
     let filter: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with('-'))
         .collect();
-    if let Err(e) = preflight() {
-        eprintln!("e2e: cannot run: {e:#}");
-        println!("0 passed, 1 failed");
-        return std::process::ExitCode::FAILURE;
-    }
+    let suites = std::env::var("HOMELAB_E2E_SUITES").unwrap_or_else(|_| SUITES.to_string());
     let started = Instant::now();
+    let (mut passed, mut failed) = (0usize, Vec::new());
+    let mut summary = Vec::new();
+    for suite in suites.split_whitespace() {
+        // SAFETY: the suite runs on this one thread; the variable is read by sandbox.sh, which
+        // every container command goes through.
+        unsafe { std::env::set_var("HOMELAB_SUITE", suite) };
+        let t = Instant::now();
+        let (p, f) = match preflight() {
+            Ok(()) => run_suite(suite, groups, &filter),
+            Err(e) => {
+                eprintln!("e2e: cannot run on {suite}: {e:#}");
+                (0, vec![format!("{suite}: prerequisites")])
+            }
+        };
+        summary.push(format!(
+            "  {suite:<9} {p} passed, {} failed, {:.0}s",
+            f.len(),
+            t.elapsed().as_secs_f64()
+        ));
+        passed += p;
+        failed.extend(f);
+    }
+    eprintln!(
+        "e2e took {:.0}s\n{}",
+        started.elapsed().as_secs_f64(),
+        summary.join("\n")
+    );
+    if !failed.is_empty() {
+        eprintln!("failed cases:\n  {}", failed.join("\n  "));
+    }
+    println!("{passed} passed, {} failed", failed.len());
+    if failed.is_empty() && passed > 0 {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    }
+}
+
+/// Runs the groups on one release: the cases passed and the names of those that failed.
+fn run_suite(suite: &str, groups: &[Group], filter: &[String]) -> (usize, Vec<String>) {
     let (mut passed, mut failed) = (0usize, Vec::new());
     for group in groups {
         let cases: Vec<_> = group
@@ -328,20 +369,17 @@ pub fn run(groups: &[Group]) -> std::process::ExitCode {
         if cases.is_empty() {
             continue;
         }
+        let label = format!("{suite}/{}", group.name);
         eprintln!(
-            "== {} ({} cases): booting a fresh container",
-            group.name,
+            "== {label} ({} cases): booting a fresh container",
             cases.len()
         );
         let boot_started = Instant::now();
         let sandbox = match Sandbox::boot(group.name) {
             Ok(s) => s,
             Err(e) => {
-                eprintln!(
-                    "FAILED {}: the container did not come up: {e:#}",
-                    group.name
-                );
-                failed.extend(cases.iter().map(|(n, _)| format!("{}::{n}", group.name)));
+                eprintln!("FAILED {label}: the container did not come up: {e:#}");
+                failed.extend(cases.iter().map(|(n, _)| format!("{label}::{n}")));
                 continue;
             }
         };
@@ -356,36 +394,22 @@ pub fn run(groups: &[Group]) -> std::process::ExitCode {
             match result {
                 Ok(()) => {
                     passed += 1;
-                    eprintln!(
-                        "ok     {}::{name} ({:.1}s)",
-                        group.name,
-                        t.elapsed().as_secs_f64()
-                    );
+                    eprintln!("ok     {label}::{name} ({:.1}s)", t.elapsed().as_secs_f64());
                 }
                 Err(e) => {
                     eprintln!(
-                        "FAILED {}::{name} ({:.1}s): {e:#}",
-                        group.name,
+                        "FAILED {label}::{name} ({:.1}s): {e:#}",
                         t.elapsed().as_secs_f64()
                     );
                     if !sandbox.is_down() {
                         sandbox.dump_journal();
                     }
-                    failed.push(format!("{}::{name}", group.name));
+                    failed.push(format!("{label}::{name}"));
                 }
             }
         }
     }
-    eprintln!("e2e took {:.0}s", started.elapsed().as_secs_f64());
-    if !failed.is_empty() {
-        eprintln!("failed cases:\n  {}", failed.join("\n  "));
-    }
-    println!("{passed} passed, {} failed", failed.len());
-    if failed.is_empty() && passed > 0 {
-        std::process::ExitCode::SUCCESS
-    } else {
-        std::process::ExitCode::FAILURE
-    }
+    (passed, failed)
 }
 
 /// Root and the host tools; a missing prerequisite is a failure, never a skip.
