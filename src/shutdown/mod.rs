@@ -469,6 +469,14 @@ pub fn restore(store: &StateStore) -> anyhow::Result<()> {
                     stored.action.as_str(),
                     stored.calendar
                 );
+                // An entry kept under another timer of ours (a reboot under homelab-shutdown@,
+                // from before the action was in the name): that timer must not fire too.
+                if key != &unit
+                    && schedule::parse_unit(key).is_some()
+                    && let Err(e) = manager.stop_unit(key, "replace")
+                {
+                    log_warn!("could not stop {key}: {}", SystemdError::from(e));
+                }
                 keep.schedules.insert(unit, stored.clone());
             }
             Err(e) => log_warn!("could not restore {unit}: {}", SystemdError::from(e)),

@@ -326,10 +326,15 @@ fn a_config_symlink_to_a_root_only_file_leaks_nothing(s: &Sandbox) -> Result<()>
     setup_models(s)?;
     let secret = "WG_PRIVATE_KEY_leak_check_0815";
     s.ok(&format!(
-        "umask 077 && printf 'PrivateKey={secret}\\nMODEL_COMMAND=/bin/sleep infinity\\n' > /etc/homelab/wg-secret && \
+        "(umask 077 && printf 'PrivateKey={secret}\\nMODEL_COMMAND=/bin/sleep infinity\\n' > /etc/homelab/wg-secret) && \
          cd {DIR} && ln -s /etc/homelab/wg-secret leaky && chown -h abc:abc leaky && \
-         mkfifo stuck && chown abc:abc stuck"
+         mkfifo -m 0644 stuck && chown abc:abc stuck"
     ))?;
+    ensure_eq!(
+        s.ok("stat -c '%U %a' /etc/homelab/wg-secret")?.trim(),
+        "root 600",
+        "the secret is root-only"
+    );
     post(s, "/models/leaky/start")?.expect_error(404)?;
     for name in ["leaky", "stuck"] {
         let unit = format!("model@{name}.service");
@@ -556,7 +561,7 @@ fn two_listening_models_through_curl(s: &Sandbox) -> Result<()> {
         setup.push_str(&format!(
             " && printf 'PORT={port}\\n' > {DIR}/{name} && chown abc:abc {DIR}/{name} && \
              mkdir -p /etc/systemd/system/model@{name}.service.d && \
-             printf '[Service]\\nEnvironment=HOMELAB_INFERENCE_CONFIG=/home/abc/models/noauth.json HOMELAB_IDLE_TIMEOUT=0\\nExecStart=\\nExecStart=/usr/bin/inference-service --listen 127.0.0.1:${{PORT}}\\n' \
+             printf '[Service]\\nEnvironment=HOMELAB_INFERENCE_CONFIG=/home/abc/models/noauth.json HOMELAB_IDLE_TIMEOUT=0\\nExecStart=\\nExecStart=/usr/bin/homelab-exec --env-file {DIR}/%%I --to-port PORT -- /usr/bin/inference-service --listen\\n' \
                > /etc/systemd/system/model@{name}.service.d/server.conf"
         ));
     }
