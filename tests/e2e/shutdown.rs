@@ -713,10 +713,17 @@ fn gets_write_nothing(s: &Sandbox) -> Result<()> {
         r#"{"calendar":"Sun 05:00"}"#,
     )?
     .expect(200)?;
-    // An entry whose timer is gone: a GET used to prune it.
+    // An entry whose timer is gone: a GET used to prune it. Written in place (same inode, owner).
     s.ok(&format!(
-        "python3 -c \"import json; p='{STATE_FILE}'; d=json.load(open(p)); d['schedules']['homelab-shutdown@gone.timer']={{'calendar':'gone','created_at':'x'}}; json.dump(d, open(p,'w'))\""
+        "sed 's/\"schedules\": {{/\"schedules\": {{ \"homelab-shutdown@gone.timer\": {{\"calendar\": \"gone\", \"created_at\": \"x\"}},/' {STATE_FILE} > /tmp/state.json && cat /tmp/state.json > {STATE_FILE} && grep -q 'homelab-shutdown@gone.timer' {STATE_FILE}"
     ))?;
+    // Still parsed: the pending schedule is joined with its entry (its creation time).
+    let list = s.get(":5001/shutdown/schedules")?;
+    ensure!(
+        list.expect(200)?["schedules"][0]["created_at"].is_string(),
+        "the edited state file does not parse: {}",
+        list.body
+    );
     let listing =
         "stat -c '%n %s %Y %i' /var/lib/shutdown-service/* && md5sum /var/lib/shutdown-service/*";
     let before = s.ok(listing)?;
