@@ -1,11 +1,12 @@
-//! JSON state files under a service's `StateDirectory=`: written atomically, and a corrupt one
-//! is moved aside (with an error in the journal) rather than stopping the service.
+//! JSON state files under a service's `StateDirectory=`: read without following symlinks or
+//! blocking, bounded in size, written atomically; a corrupt one is moved aside (with an error in
+//! the journal) rather than stopping the service.
 
 use anyhow::Context;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -17,39 +18,109 @@ pub fn state_dir(default: &str) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(default))
 }
 
-/// Reads `path`; missing means `T::default()`, corrupt means moved aside and `T::default()`.
-pub fn load<T: DeserializeOwned + Default>(path: &Path) -> T {
-    let bytes = match fs::read(path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return T::default(),
-        Err(e) => {
-            crate::log_err!("cannot read {}: {e}; going on without it", path.display());
-            return T::default();
-        }
+/// Largest state file [`load`] reads; a bigger one is treated as corrupt.
+pub const MAX_BYTES: u64 = 1 << 20;
+
+/// Reads the regular file `path`, at most `max` bytes: without following a symlink (an error),
+/// without blocking (a FIFO or device opens at once and is refused), never quoting what is in it.
+pub fn read_regular(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+    use nix::fcntl::OFlag;
+    use std::io::{Error, ErrorKind};
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags((OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_NOCTTY).bits())
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(nix::errno::Errno::ELOOP as i32) {
+                Error::new(ErrorKind::InvalidData, "it is a symbolic link")
+            } else {
+                e
+            }
+        })?;
+    let meta = file.metadata()?;
+    if !meta.file_type().is_file() {
+        return Err(Error::new(
+            ErrorKind::InvalidData,
+            "it is not a regular file",
+        ));
+    }
+    let mut data = Vec::new();
+    file.take(max + 1).read_to_end(&mut data)?;
+    if data.len() as u64 > max {
+        return Err(Error::new(
+            ErrorKind::InvalidData,
+            format!("it is larger than {max} bytes"),
+        ));
+    }
+    Ok(data)
+}
+
+/// Why JSON did not parse, by kind and place only: the content itself never reaches the log.
+pub fn describe(e: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    let kind = match e.classify() {
+        Category::Io => "read error",
+        Category::Syntax => "not JSON",
+        Category::Data => "unexpected shape",
+        Category::Eof => "truncated",
     };
-    match serde_json::from_slice(&bytes) {
-        Ok(v) => v,
-        Err(e) => {
+    format!("{kind} at line {}, column {}", e.line(), e.column())
+}
+
+/// What a state file holds: missing is `None`; unusable (refused, unreadable, corrupt) says why.
+fn parse<T: DeserializeOwned>(path: &Path, max: u64) -> Result<Option<T>, String> {
+    match read_regular(path, max) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| describe(&e)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Reads `path` (at most [`MAX_BYTES`]); missing means `T::default()`, unusable means moved
+/// aside and `T::default()`.
+pub fn load<T: DeserializeOwned + Default>(path: &Path) -> T {
+    load_capped(path, MAX_BYTES)
+}
+
+/// [`load`] with a size limit of `max` bytes.
+pub fn load_capped<T: DeserializeOwned + Default>(path: &Path, max: u64) -> T {
+    match parse(path, max) {
+        Ok(v) => v.unwrap_or_default(),
+        Err(why) => {
             let ext = format!(
                 "{}.corrupt-{}",
                 path.extension().and_then(|x| x.to_str()).unwrap_or("json"),
                 chrono::Local::now().format("%Y%m%dT%H%M%S")
             );
             let aside = path.with_extension(ext);
+            // rename() moves a symlink or FIFO itself, never what it points at.
             match fs::rename(path, &aside) {
                 Ok(()) => crate::log_err!(
-                    "{} is corrupt ({e}); moved it to {} and started empty",
+                    "{} is corrupt ({why}); moved it to {} and started empty",
                     path.display(),
                     aside.display()
                 ),
                 Err(re) => crate::log_err!(
-                    "{} is corrupt ({e}) and could not be moved aside ({re})",
+                    "{} is corrupt ({why}) and could not be moved aside ({re})",
                     path.display()
                 ),
             }
             T::default()
         }
     }
+}
+
+/// Reads `path` like [`load_capped`] but changes nothing: an unusable file is reported and read
+/// as `T::default()`, and left where it is (for read-only requests).
+pub fn peek<T: DeserializeOwned + Default>(path: &Path, max: u64) -> T {
+    parse(path, max)
+        .unwrap_or_else(|why| {
+            crate::log_err!("{} is corrupt ({why}); reading it as empty", path.display());
+            None
+        })
+        .unwrap_or_default()
 }
 
 /// Writes `value` as JSON: temporary file (0600), fsync, rename over `path`, fsync the folder.
@@ -77,4 +148,69 @@ pub fn save<T: Serialize>(path: &Path, value: &T) -> anyhow::Result<()> {
         let _ = fs::remove_file(&tmp);
     }
     result.with_context(|| format!("cannot write {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    type Map = BTreeMap<String, u32>;
+
+    fn tempdir(tag: &str) -> PathBuf {
+        let d =
+            std::env::temp_dir().join(format!("homelab-statefile-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn only_small_regular_files_are_read() {
+        let dir = tempdir("read");
+        let f = dir.join("s.json");
+        fs::write(&f, b"{\"a\": 1}").unwrap();
+        assert_eq!(read_regular(&f, 64).unwrap(), b"{\"a\": 1}");
+        let e = read_regular(&f, 4).unwrap_err();
+        assert!(e.to_string().contains("larger than 4 bytes"), "{e}");
+        let link = dir.join("link.json");
+        std::os::unix::fs::symlink("/dev/zero", &link).unwrap();
+        let e = read_regular(&link, 64).unwrap_err();
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        let fifo = dir.join("fifo.json");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let e = read_regular(&fifo, 64).unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+        assert_eq!(
+            read_regular(&dir.join("none"), 64).unwrap_err().kind(),
+            std::io::ErrorKind::NotFound
+        );
+        let _ = fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn peek_changes_nothing_and_load_moves_aside() {
+        let dir = tempdir("peek");
+        let f = dir.join("s.json");
+        fs::write(&f, b"{\"secret-line\": \"x\"}").unwrap();
+        assert!(peek::<Map>(&f, 64).is_empty());
+        assert!(f.exists(), "peek moved the file");
+        assert!(load_capped::<Map>(&f, 64).is_empty());
+        assert!(!f.exists(), "load did not move the file aside");
+        let fifo = dir.join("fifo.json");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        assert!(load::<Map>(&fifo).is_empty());
+        assert!(!fifo.exists(), "a FIFO is moved aside, never read");
+        let _ = fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn parse_errors_never_quote_the_content() {
+        for text in ["{\"a\": \"secret\"}", "secret", "{\"a\": 1, secret"] {
+            let e = serde_json::from_str::<Map>(text).unwrap_err();
+            let d = describe(&e);
+            assert!(!d.contains("secret"), "{d}");
+            assert!(d.contains("line 1"), "{d}");
+        }
+    }
 }

@@ -1,26 +1,24 @@
-//! homelab-power-action: what a fired `homelab-shutdown@.timer` runs, as root, through
-//! `homelab-poweroff@.service`: powers off or reboots through logind, so delay inhibitors (running
-//! experiments) get their time to stop.
+//! homelab-power-action: what a fired schedule runs, as root, through `homelab-poweroff@.service`
+//! (`homelab-shutdown@.timer`) or `homelab-reboot@.service` (`homelab-reboot@.timer`): powers off
+//! or reboots through logind, so delay inhibitors (running experiments) get their time to stop.
+//! The action comes from the unit's command line; no file of the unprivileged user is read.
 
-use clap::Parser;
-use homelab::shutdown::schedule::{Action, TIMER_TEMPLATE};
-use homelab::shutdown::state::{DEFAULT_STATE_DIR, recorded_action};
-use homelab::systemd::{dbus, escape};
+use clap::{Parser, ValueEnum};
 use homelab::{cli, log_warn};
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// Powers the machine off (or reboots it, when that schedule asked for it) via logind.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Action {
+    Poweroff,
+    Reboot,
+}
+
+/// Powers the machine off, or reboots it, via logind.
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
-    /// The schedule's escaped instance name; by default, the instance of the
-    /// homelab-poweroff@.service unit this runs in (read from /proc/self/cgroup, as systemd's
-    /// command-line unescaping would garble %i)
-    instance: Option<String>,
-    /// Where shutdown-service keeps its state (the action of each schedule)
-    #[arg(long, default_value = DEFAULT_STATE_DIR)]
-    state_dir: PathBuf,
+    /// What to do
+    action: Action,
     /// Say what would be done, and do nothing
     #[arg(long)]
     dry_run: bool,
@@ -29,22 +27,18 @@ struct Args {
 fn main() -> ExitCode {
     let args = Args::parse();
     cli::run(|| {
-        let instance = match args.instance {
-            Some(i) => i,
-            None => own_instance()?,
+        let what = match args.action {
+            Action::Poweroff => "powering off",
+            Action::Reboot => "rebooting",
         };
-        let calendar = escape::unescape(&instance)
-            .ok_or_else(|| anyhow::anyhow!("{instance:?} is not an escaped unit instance name"))?;
-        let timer = escape::template_instance(TIMER_TEMPLATE, &calendar)
-            .ok_or_else(|| anyhow::anyhow!("{calendar:?} cannot be a timer instance"))?;
-        let action = recorded_action(&args.state_dir, &timer);
-        log_warn!("{timer} fired: {} now", action.as_str());
+        log_warn!("{} fired: {what} now", own_unit());
         if args.dry_run {
-            println!("{}", action.as_str());
+            println!("{what}");
             return Ok(());
         }
-        let login = dbus::LoginManagerProxy::new(dbus::system_bus()?)?;
-        match action {
+        let login =
+            homelab::systemd::dbus::LoginManagerProxy::new(homelab::systemd::dbus::system_bus()?)?;
+        match args.action {
             Action::Poweroff => login.power_off(false)?,
             Action::Reboot => login.reboot(false)?,
         }
@@ -52,17 +46,15 @@ fn main() -> ExitCode {
     })
 }
 
-/// The instance of the `homelab-poweroff@.service` unit whose cgroup we are in.
-fn own_instance() -> anyhow::Result<String> {
-    let cgroups = std::fs::read_to_string("/proc/self/cgroup")?;
-    cgroups
-        .lines()
-        .filter_map(|l| l.rsplit('/').next())
-        .find_map(|unit| escape::instance_of(unit, "homelab-poweroff@.service"))
-        .map(str::to_string)
-        .ok_or_else(|| {
-            anyhow::anyhow!(
-                "not running in a homelab-poweroff@.service unit: pass the instance name"
-            )
+/// The unit we run in (from `/proc/self/cgroup`), for the log line; "a schedule" when unknown.
+fn own_unit() -> String {
+    std::fs::read_to_string("/proc/self/cgroup")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .filter_map(|l| l.rsplit('/').next())
+                .find(|u| u.ends_with(".service"))
+                .map(str::to_string)
         })
+        .unwrap_or_else(|| "a schedule".into())
 }

@@ -419,4 +419,31 @@ mod tests {
         assert!(load(&dir, "../good").is_err());
         let _ = std::fs::remove_dir_all(&dir);
     }
+
+    #[test]
+    fn an_id_too_long_as_a_unit_name_is_a_bad_file() {
+        // a + 63 '-' is 64 bytes, but escaped for brain-experiment@.service 277: refused.
+        let id = format!("a{}", "-".repeat(63));
+        assert!(
+            validate_id(&id)
+                .unwrap_err()
+                .contains("too long for a unit name")
+        );
+        let dir = std::env::temp_dir().join(format!("homelab-exp-long-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("good.env"), "EXPERIMENT_COMMAND=/bin/true\n").unwrap();
+        std::fs::write(
+            dir.join(format!("{id}.env")),
+            "EXPERIMENT_COMMAND=/bin/true\n",
+        )
+        .unwrap();
+        let (good, bad) = load_all(&dir);
+        assert_eq!(
+            good.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+            ["good"]
+        );
+        assert_eq!(bad.len(), 1);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

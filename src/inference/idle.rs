@@ -97,9 +97,9 @@ pub fn check(config: &Config, store: &ActivityStore) -> anyhow::Result<()> {
 }
 
 /// Starts a one-off `homelab-shutdown@.timer` (the shutdown service's mechanism), unless a
-/// one-off shutdown is pending already.
+/// one-off power action (power-off or reboot) is pending already.
 fn schedule_power_off(now: DateTime<Local>) -> anyhow::Result<()> {
-    let pending = dbus::list_units(&[schedule::TIMER_PATTERN])?;
+    let pending = dbus::list_units(schedule::TIMER_PATTERNS)?;
     let one_off = pending.iter().any(|u| {
         u.3 == "active"
             && u.4 == "waiting"
@@ -110,7 +110,8 @@ fn schedule_power_off(now: DateTime<Local>) -> anyhow::Result<()> {
         return Ok(());
     }
     let at = now.timestamp() + POWER_OFF_DELAY_SECONDS;
-    let unit = schedule::timer_unit(&format!("@{at}")).expect("an epoch fits a unit name");
+    let unit = schedule::timer_unit(&format!("@{at}"), schedule::Action::Poweroff)
+        .expect("an epoch fits a unit name");
     dbus::start_unit_and_wait(&unit)?;
     log_warn!(
         "every model has been idle past the threshold: powering off in {POWER_OFF_DELAY_SECONDS} s ({unit}); cancel with POST /shutdown/cancel on port 5001"

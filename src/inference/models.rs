@@ -80,9 +80,13 @@ pub fn config_dir() -> PathBuf {
     home.join("models").join("configs")
 }
 
-/// Checks a model name from a URL: the rules of [`escape::validate_name`].
+/// The templates a model name becomes an instance of.
+pub const TEMPLATES: &[&str] = &[UNIT_TEMPLATE, "model-proxy@.service", "model-proxy@.socket"];
+
+/// Checks a model name from a URL: the rules of [`escape::validate_name`], and its escaped
+/// form fits a unit name of each of [`TEMPLATES`].
 pub fn validate(name: &str) -> Result<(), String> {
-    escape::validate_name("model name", name, NAME_MAX)
+    escape::validate_name_for("model name", name, NAME_MAX, TEMPLATES)
 }
 
 /// The models in `dir`, sorted by name. Files whose names are not valid model names are left out
@@ -166,5 +170,13 @@ mod tests {
         }
         assert_eq!(unit_of("a-b").unwrap(), r"model@a\x2db.service");
         assert_eq!(name_of("model@.service"), None);
+        // 64 '-' pass the character rules but not as a unit name: refused, never a panic.
+        let dashes = "-".repeat(64);
+        assert!(
+            validate(&dashes)
+                .unwrap_err()
+                .contains("too long for a unit name")
+        );
+        assert!(validate(&"-".repeat(58)).is_ok());
     }
 }

@@ -1,8 +1,10 @@
 //! The shutdown service (port 5001): scheduled shutdowns as systemd timers.
 //!
-//! `POST /shutdown/schedule` starts `homelab-shutdown@<calendar>.timer` (polkit lets user `abc`
-//! start and stop exactly those); the timer triggers the root-owned `homelab-poweroff@.service`.
-//! What is pending is what systemd has, joined with the state file.
+//! `POST /shutdown/schedule` starts `homelab-shutdown@<calendar>.timer` (power off) or
+//! `homelab-reboot@<calendar>.timer` (polkit lets user `abc` start and stop exactly those); the
+//! timer triggers the root-owned `homelab-poweroff@.service` or `homelab-reboot@.service`.
+//! What is pending is what systemd has, joined with the state file. Read-only requests write
+//! nothing; mutating ones (and the boot-time restore) drop entries whose timer is gone.
 
 pub mod config;
 pub mod schedule;
@@ -17,7 +19,7 @@ use chrono::Local;
 use config::Config;
 use schedule::{Kind, Pending, Stored};
 use serde_json::{Value, json};
-use state::StateStore;
+use state::{State, StateStore};
 use std::sync::Mutex;
 
 pub const SERVICE_NAME: &str = "Shutdown Service";
@@ -56,7 +58,7 @@ pub struct ShutdownService {
     auth: Auth,
     store: StateStore,
     /// Serialises every read-modify-write of schedules: with it, concurrent requests cannot
-    /// create two one-off shutdowns, and a listing never prunes a schedule being created.
+    /// create two one-off shutdowns. Read-only requests write nothing and need no lock.
     lock: Mutex<()>,
 }
 
@@ -74,41 +76,62 @@ impl ShutdownService {
         self.lock.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Pending schedules, soonest first: systemd's waiting timers (one call for all), joined with
-    /// the state file. State entries systemd no longer has are dropped. Call with the lock held.
-    fn pending(&self) -> Result<Vec<Pending>, ApiError> {
-        let units = dbus::list_units(&[schedule::TIMER_PATTERN]).map_err(ApiError::from)?;
+    /// Every timer of ours systemd has loaded: (unit, active state, sub state, object path).
+    fn timers(&self) -> Result<Vec<Timer>, ApiError> {
+        Ok(dbus::list_units(schedule::TIMER_PATTERNS)
+            .map_err(ApiError::from)?
+            .into_iter()
+            .map(|(name, _, _, active, sub, _, path, ..)| Timer {
+                unit: name,
+                active,
+                sub,
+                path,
+            })
+            .collect())
+    }
+
+    /// Pending schedules, soonest first: systemd's waiting timers joined with `state`.
+    fn join(&self, timers: &[Timer], state: &State) -> Result<Vec<Pending>, ApiError> {
         let mut pending = Vec::new();
-        for (name, _, _, active, sub, _, path, ..) in units {
-            if active != "active" || sub != "waiting" {
+        for t in timers {
+            if t.active != "active" || t.sub != "waiting" {
                 continue;
             }
-            let Some(calendar) = schedule::calendar_of(&name) else {
+            let Some((calendar, action)) = schedule::parse_unit(&t.unit) else {
                 continue;
             };
             let next = match schedule::one_off_usec(&calendar) {
                 Some(usec) => usec,
-                None => dbus::timer_next_elapse(&path).map_err(ApiError::from)?,
+                None => dbus::timer_next_elapse(&t.path).map_err(ApiError::from)?,
             };
             pending.push(Pending {
-                unit: name,
+                unit: t.unit.clone(),
                 calendar,
+                action,
                 next_elapse_usec: next,
-                stored: None,
+                stored: state.schedules.get(&t.unit).cloned(),
             });
-        }
-        let state = self
-            .store
-            .update(|s| {
-                s.schedules
-                    .retain(|unit, _| pending.iter().any(|p| &p.unit == unit))
-            })
-            .map_err(internal)?;
-        for p in &mut pending {
-            p.stored = state.schedules.get(&p.unit).cloned();
         }
         pending.sort_by_key(|p| p.next_elapse_usec);
         Ok(pending)
+    }
+
+    /// Pending schedules for a read-only request: reads the state file, writes nothing.
+    fn pending(&self) -> Result<Vec<Pending>, ApiError> {
+        let timers = self.timers()?;
+        self.join(&timers, &self.store.peek())
+    }
+
+    /// Pending schedules for a mutating request (call with the lock held): state entries whose
+    /// timer systemd no longer has, or has inactive (stopped behind our back, or elapsed and
+    /// done), are dropped. A timer that is firing (`running`) or elapsed keeps its entry.
+    fn pending_pruned(&self) -> Result<Vec<Pending>, ApiError> {
+        let timers = self.timers()?;
+        let state = self
+            .store
+            .update(|s| s.schedules.retain(|unit, _| keeps_entry(&timers, unit)))
+            .map_err(internal)?;
+        self.join(&timers, &state)
     }
 
     fn schedule(&self, req: &Request) -> Result<Response, ApiError> {
@@ -119,7 +142,7 @@ impl ShutdownService {
             check_calendar(&request.calendar)?;
         }
         let _guard = self.guard();
-        let pending = self.pending()?;
+        let pending = self.pending_pruned()?;
         let unit = request.unit();
         if let Some(same) = pending.iter().find(|p| p.unit == unit) {
             return Err(ApiError::new(
@@ -146,7 +169,7 @@ impl ShutdownService {
             )
             .with_extra("existing", existing.entry(now)));
         }
-        // Record first: the power-action runner reads the action from here when the timer fires.
+        // Record first, so that a listing right after the start shows the creation time.
         let stored = Stored {
             calendar: request.calendar.clone(),
             action: request.action,
@@ -213,7 +236,7 @@ impl ShutdownService {
     fn cancel(&self, which: Option<&str>) -> Result<Response, ApiError> {
         let now = Local::now();
         let _guard = self.guard();
-        let pending = self.pending()?;
+        let pending = self.pending_pruned()?;
         let target = match which {
             None => pending
                 .first()
@@ -234,10 +257,7 @@ impl ShutdownService {
 
     fn next(&self) -> Result<Response, ApiError> {
         let now = Local::now();
-        let pending = {
-            let _guard = self.guard();
-            self.pending()?
-        };
+        let pending = self.pending()?;
         Ok(Response::ok(match pending.first() {
             Some(p) => json!({"status": "success", "shutdown": p.entry(now)}),
             None => json!({"status": "success", "message": "No shutdown scheduled"}),
@@ -246,10 +266,7 @@ impl ShutdownService {
 
     fn status(&self) -> Result<Response, ApiError> {
         let now = Local::now();
-        let pending = {
-            let _guard = self.guard();
-            self.pending()?
-        };
+        let pending = self.pending()?;
         // Experiments that a shutdown would stop (they get the coordinator's delay inhibitor).
         let running: Vec<String> = dbus::list_units(&[
             crate::experiment::config::TEMPLATE_PATTERN,
@@ -270,10 +287,7 @@ impl ShutdownService {
 
     fn schedules(&self) -> Result<Response, ApiError> {
         let now = Local::now();
-        let pending = {
-            let _guard = self.guard();
-            self.pending()?
-        };
+        let pending = self.pending()?;
         let list: Vec<Value> = pending.iter().map(|p| p.entry(now)).collect();
         Ok(Response::ok(
             json!({"status": "success", "count": list.len(), "schedules": list}),
@@ -282,10 +296,7 @@ impl ShutdownService {
 
     fn system(&self) -> Result<Response, ApiError> {
         let now = Local::now();
-        let pending = {
-            let _guard = self.guard();
-            self.pending()?
-        };
+        let pending = self.pending()?;
         let mut body = system::report();
         merge(
             &mut body,
@@ -352,6 +363,21 @@ impl Service for ShutdownService {
     }
 }
 
+/// One timer of ours as `ListUnitsByPatterns` reports it.
+struct Timer {
+    unit: String,
+    active: String,
+    sub: String,
+    path: zbus::zvariant::OwnedObjectPath,
+}
+
+/// Whether the state entry of `unit` stays: systemd still has its timer, and not inactive.
+fn keeps_entry(timers: &[Timer], unit: &str) -> bool {
+    timers
+        .iter()
+        .any(|t| t.unit == unit && t.active != "inactive" && t.active != "failed")
+}
+
 fn valid_id(id: &str) -> Result<&str, ApiError> {
     if id.len() == 16
         && id
@@ -412,32 +438,48 @@ fn check_calendar(expr: &str) -> Result<(), ApiError> {
 
 /// At boot (`shutdown-service --restore`, from homelab-shutdown-restore.service): starts again the
 /// timers of every schedule in the state file, except one-off times that passed while the
-/// machine was off: those are dropped with a log line and never acted on.
+/// machine was off: those are dropped with a log line and never acted on. Each timer is named
+/// from the entry's calendar and action (an entry kept under another name, as a reboot under
+/// `homelab-shutdown@`, gets the timer of its action).
 pub fn restore(store: &StateStore) -> anyhow::Result<()> {
     let now = Local::now().timestamp() as u64 * 1_000_000;
     let state = store.load();
     let manager = dbus::manager()?;
-    let mut keep = state.clone();
-    for (unit, stored) in &state.schedules {
+    let mut keep = State {
+        version: 1,
+        ..State::default()
+    };
+    for (key, stored) in &state.schedules {
         if schedule::one_off_usec(&stored.calendar).is_some_and(|t| t <= now) {
             log_warn!(
                 "dropping the one-off {} scheduled for {}: it passed while the machine was off",
                 stored.action.as_str(),
                 stored.calendar
             );
-            keep.schedules.remove(unit);
             continue;
         }
-        match manager.start_unit(unit, "replace") {
-            Ok(_) => log_info!(
-                "restored {} schedule {} ({unit})",
-                stored.action.as_str(),
-                stored.calendar
-            ),
-            Err(e) => {
-                log_warn!("could not restore {unit}: {}", SystemdError::from(e));
-                keep.schedules.remove(unit);
+        let Some(unit) = schedule::timer_unit(&stored.calendar, stored.action) else {
+            log_warn!("dropping the entry {key:?}: its calendar cannot be a timer's name");
+            continue;
+        };
+        match manager.start_unit(&unit, "replace") {
+            Ok(_) => {
+                log_info!(
+                    "restored {} schedule {} ({unit})",
+                    stored.action.as_str(),
+                    stored.calendar
+                );
+                // An entry kept under another timer of ours (a reboot under homelab-shutdown@,
+                // from before the action was in the name): that timer must not fire too.
+                if key != &unit
+                    && schedule::parse_unit(key).is_some()
+                    && let Err(e) = manager.stop_unit(key, "replace")
+                {
+                    log_warn!("could not stop {key}: {}", SystemdError::from(e));
+                }
+                keep.schedules.insert(unit, stored.clone());
             }
+            Err(e) => log_warn!("could not restore {unit}: {}", SystemdError::from(e)),
         }
     }
     if keep != state {

@@ -1,7 +1,9 @@
 //! Schedules: what a request asks for, the timer unit it becomes, and how an entry is shown.
 //!
-//! A schedule is a started instance of `homelab-shutdown@.timer` whose instance is the calendar
-//! expression (`@EPOCH` for a one-off time). systemd is the source of truth for what is pending.
+//! A schedule is a started instance of `homelab-shutdown@.timer` (power off) or
+//! `homelab-reboot@.timer` (reboot) whose instance is the calendar expression (`@EPOCH` for a
+//! one-off time): the action is in the unit's name, so the root-owned unit it triggers needs no
+//! data of ours. systemd is the source of truth for what is pending.
 
 use crate::http::{ApiError, json_type_name};
 use crate::systemd::escape;
@@ -9,8 +11,12 @@ use chrono::{DateTime, Local};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
+/// Power-off schedules (it triggers `homelab-poweroff@.service`).
 pub const TIMER_TEMPLATE: &str = "homelab-shutdown@.timer";
-pub const TIMER_PATTERN: &str = "homelab-shutdown@*.timer";
+/// Reboot schedules (it triggers `homelab-reboot@.service`).
+pub const REBOOT_TIMER_TEMPLATE: &str = "homelab-reboot@.timer";
+/// Every schedule's timer, for one `ListUnitsByPatterns` call.
+pub const TIMER_PATTERNS: &[&str] = &["homelab-shutdown@*.timer", "homelab-reboot@*.timer"];
 /// Longest delay a `minutes` request may ask for (a year).
 pub const MAX_MINUTES: u64 = 525_600;
 const MAX_CALENDAR_LEN: usize = 200;
@@ -25,6 +31,14 @@ pub enum Action {
 }
 
 impl Action {
+    /// The timer template of schedules with this action.
+    pub fn timer_template(self) -> &'static str {
+        match self {
+            Action::Poweroff => TIMER_TEMPLATE,
+            Action::Reboot => REBOOT_TIMER_TEMPLATE,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Action::Poweroff => "poweroff",
@@ -74,18 +88,28 @@ impl ScheduleRequest {
     }
 
     pub fn unit(&self) -> String {
-        timer_unit(&self.calendar).expect("validated calendars fit a unit name")
+        timer_unit(&self.calendar, self.action).expect("validated calendars fit a unit name")
     }
 }
 
-/// The timer unit for a calendar expression; `None` when it cannot be one.
-pub fn timer_unit(calendar: &str) -> Option<String> {
-    escape::template_instance(TIMER_TEMPLATE, calendar)
+/// The timer unit for a calendar expression and action; `None` when it cannot be one.
+pub fn timer_unit(calendar: &str, action: Action) -> Option<String> {
+    escape::template_instance(action.timer_template(), calendar)
+}
+
+/// The calendar expression and action of a timer unit of ours.
+pub fn parse_unit(unit: &str) -> Option<(String, Action)> {
+    [Action::Poweroff, Action::Reboot]
+        .into_iter()
+        .find_map(|action| {
+            let instance = escape::instance_of(unit, action.timer_template())?;
+            Some((escape::unescape(instance)?, action))
+        })
 }
 
 /// The calendar expression of a timer unit of ours.
 pub fn calendar_of(unit: &str) -> Option<String> {
-    escape::unescape(escape::instance_of(unit, TIMER_TEMPLATE)?)
+    parse_unit(unit).map(|(calendar, _)| calendar)
 }
 
 /// Validates a request body. Exactly one of `minutes`, `at`, `calendar` (none: `default_minutes`).
@@ -145,6 +169,12 @@ pub fn parse_request(
             Some(minutes),
         )
     };
+    if timer_unit(&calendar, action).is_none() {
+        return Err(ApiError::bad_request(format!(
+            "\"calendar\" is too long for a unit name once escaped (each character other than letters, digits, ':', '_' and '.' counts 4 bytes, at most {} in all): send a shorter expression",
+            escape::UNIT_NAME_MAX
+        )));
+    }
     Ok(ScheduleRequest {
         calendar,
         action,
@@ -243,6 +273,8 @@ pub struct Stored {
 pub struct Pending {
     pub unit: String,
     pub calendar: String,
+    /// From the unit's name: what will happen, whatever the state file says.
+    pub action: Action,
     /// Microseconds since the epoch.
     pub next_elapse_usec: u64,
     pub stored: Option<Stored>,
@@ -269,7 +301,7 @@ impl Pending {
             "unit": self.unit,
             "kind": self.kind().as_str(),
             "calendar": self.calendar,
-            "action": self.stored.as_ref().map_or(Action::Poweroff, |s| s.action).as_str(),
+            "action": self.action.as_str(),
             "scheduled_time": next_str,
             "next_elapse": next_str,
             "minutes_from_now": (seconds_left + 59) / 60,
@@ -321,6 +353,8 @@ mod tests {
         assert_eq!(r.kind(), Kind::OneOff);
         assert_eq!(r.minutes, Some(30));
         assert_eq!(r.unit(), r"homelab-shutdown@\x401795001800.timer");
+        let r = parse(r#"{"minutes": 30, "action": "reboot"}"#).unwrap();
+        assert_eq!(r.unit(), r"homelab-reboot@\x401795001800.timer");
         assert_eq!(
             parse("{}").unwrap().calendar,
             "@1795000060",
@@ -383,21 +417,38 @@ mod tests {
         }
         let long = format!(r#"{{"calendar": "{}"}}"#, "x".repeat(10_000));
         assert!(parse(&long).unwrap_err().message.len() < 200);
+        // 200 characters pass the length check, but 200 '*' are 800 bytes escaped: 400, no panic.
+        let stars = format!(
+            r#"{{"calendar": "{}", "action": "reboot"}}"#,
+            "*".repeat(200)
+        );
+        let e = parse(&stars).unwrap_err();
+        assert!(
+            e.status == 400 && e.message.contains("too long for a unit name"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]
     fn units_and_calendars_round_trip() {
         for cal in ["@1795001800", "Mon..Fri 23:00", "*-*-* 10:00/15"] {
-            assert_eq!(calendar_of(&timer_unit(cal).unwrap()).as_deref(), Some(cal));
+            for action in [Action::Poweroff, Action::Reboot] {
+                let unit = timer_unit(cal, action).unwrap();
+                assert_eq!(parse_unit(&unit), Some((cal.to_string(), action)));
+                assert_eq!(calendar_of(&unit).as_deref(), Some(cal));
+            }
         }
         assert_eq!(calendar_of("model@x.service"), None);
+        assert_eq!(calendar_of("homelab-poweroff@x.service"), None);
     }
 
     #[test]
     fn entries_keep_the_original_fields() {
         let p = Pending {
-            unit: timer_unit("@1795001800").unwrap(),
+            unit: timer_unit("@1795001800", Action::Reboot).unwrap(),
             calendar: "@1795001800".into(),
+            action: Action::Reboot,
             next_elapse_usec: one_off_usec("@1795001800").unwrap(),
             stored: Some(Stored {
                 calendar: "@1795001800".into(),

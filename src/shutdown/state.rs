@@ -1,16 +1,18 @@
 //! The state file: what we remember of each schedule (action, creation time) beyond what
-//! systemd knows, so recurring schedules come back after a reboot. Written atomically.
+//! systemd knows, so recurring schedules come back after a reboot. Written atomically by abc and
+//! read only by abc's processes (root never reads it: the action is in the timer's name).
 
 use super::schedule::Stored;
-use crate::{log_warn, statefile};
+use crate::statefile;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::fs;
 use std::path::{Path, PathBuf};
 
 /// `StateDirectory=shutdown-service`.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/shutdown-service";
 pub const STATE_FILE: &str = "schedules.json";
+/// Largest state file read: far above what schedules need, small enough to bound memory.
+pub const MAX_STATE_BYTES: u64 = 64 * 1024;
 
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 pub struct State {
@@ -39,10 +41,15 @@ impl StateStore {
         &self.path
     }
 
-    /// The state; a missing file is empty, a corrupt one is moved aside (with an error in the
-    /// journal) and the service goes on with an empty state.
+    /// The state; a missing file is empty, an unusable one (corrupt, a symlink, a FIFO, over
+    /// 64 KiB) is moved aside (with an error in the journal) and the service goes on empty.
     pub fn load(&self) -> State {
-        statefile::load(&self.path)
+        statefile::load_capped(&self.path, MAX_STATE_BYTES)
+    }
+
+    /// The state for a read-only request: like [`StateStore::load`], but writes nothing.
+    pub fn peek(&self) -> State {
+        statefile::peek(&self.path, MAX_STATE_BYTES)
     }
 
     /// Writes the whole state atomically.
@@ -63,28 +70,11 @@ impl StateStore {
     }
 }
 
-/// Reads the action recorded for `unit`, for the root-owned power-action runner: any problem
-/// with the file means the default action (power off), never no action.
-pub fn recorded_action(dir: &Path, unit: &str) -> super::schedule::Action {
-    let path = dir.join(STATE_FILE);
-    match fs::read(&path).map(|b| serde_json::from_slice::<State>(&b)) {
-        Ok(Ok(state)) => state
-            .schedules
-            .get(unit)
-            .map(|s| s.action)
-            .unwrap_or_default(),
-        Ok(Err(e)) => {
-            log_warn!("{} is unreadable ({e}); powering off", path.display());
-            Default::default()
-        }
-        Err(_) => Default::default(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::schedule::Action;
     use super::*;
+    use std::fs;
 
     fn stored(cal: &str) -> Stored {
         Stored {
@@ -107,8 +97,6 @@ mod tests {
             .unwrap();
         assert_eq!(store.load().schedules["u1"], stored("Mon 23:00"));
         assert!(!dir.join("schedules.tmp").exists());
-        assert_eq!(recorded_action(&dir, "u1"), Action::Reboot);
-        assert_eq!(recorded_action(&dir, "other"), Action::Poweroff);
         let _ = fs::remove_dir_all(dir);
     }
 
@@ -117,6 +105,8 @@ mod tests {
         let dir = tempdir();
         let store = StateStore::new(Some(&dir));
         fs::write(store.path(), b"{not json").unwrap();
+        assert!(store.peek().schedules.is_empty());
+        assert!(store.path().exists(), "a read-only peek moved it");
         assert!(store.load().schedules.is_empty());
         let aside: Vec<_> = fs::read_dir(&dir)
             .unwrap()
@@ -130,7 +120,6 @@ mod tests {
             "{aside:?}"
         );
         assert!(!store.path().exists());
-        assert_eq!(recorded_action(&dir, "u1"), Action::Poweroff);
         let _ = fs::remove_dir_all(dir);
     }
 

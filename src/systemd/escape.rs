@@ -53,10 +53,46 @@ pub fn unescape(escaped: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// Every template a user-typed name becomes an instance of (experiments, models and their
+/// proxies): [`validate_name`] checks that the escaped name fits each of them.
+pub const NAME_TEMPLATES: &[&str] = &[
+    "brain-experiment@.service",
+    "model@.service",
+    "model-proxy@.service",
+    "model-proxy@.socket",
+];
+
 /// Checks a name that users type and that becomes part of a unit name or a path (a model name,
-/// an experiment id): letters, digits, `-`, `_`, `.`; not starting with `.`; 1..=`max` bytes.
+/// an experiment id): letters, digits, `-`, `_`, `.`; not starting with `.`; 1..=`max` bytes;
+/// and, escaped, short enough for a unit name of every template in [`NAME_TEMPLATES`].
 /// The error says what is wrong and what to use instead.
 pub fn validate_name(what: &str, name: &str, max: usize) -> Result<(), String> {
+    validate_name_for(what, name, max, NAME_TEMPLATES)
+}
+
+/// [`validate_name`] for the given templates: escaping turns each `-` into 4 bytes (`\x2d`), so
+/// a name within `max` bytes can still make a unit name longer than systemd's 255 bytes.
+pub fn validate_name_for(
+    what: &str,
+    name: &str,
+    max: usize,
+    templates: &[&str],
+) -> Result<(), String> {
+    validate_chars(what, name, max)?;
+    for template in templates {
+        if template_instance(template, name).is_none() {
+            let len = template.len() + libsystemd::unit::escape_name(name).len();
+            let shown: String = name.chars().take(40).collect();
+            let more = if name.len() > 40 { "…" } else { "" };
+            return Err(format!(
+                "{what} \"{shown}{more}\" is too long for a unit name: as {template} it would be {len} bytes, at most {UNIT_NAME_MAX} are allowed (each '-' counts 4 bytes); use a shorter name"
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn validate_chars(what: &str, name: &str, max: usize) -> Result<(), String> {
     let shown: String = name.chars().take(40).flat_map(char::escape_debug).collect();
     let shown = if name.chars().count() > 40 {
         format!("{shown}…")
@@ -164,5 +200,29 @@ mod tests {
         assert!(e.contains("10000 bytes") && e.len() < 200, "{e}");
         // x.service is a fine file name; it is escaped into the instance, never a unit of its own.
         assert!(validate_name("model name", "x.service", 255).is_ok());
+    }
+
+    #[test]
+    fn escaped_names_must_fit_a_unit_name() {
+        // 64 '-' are 256 bytes escaped: no template can take them, and nothing panics.
+        let dashes = "-".repeat(64);
+        let e = validate_name("model name", &dashes, 255).unwrap_err();
+        assert!(e.contains("too long for a unit name"), "{e}");
+        assert!(e.contains("model@.service") || e.contains("brain-experiment@.service"));
+        let e = validate_name_for("model name", &dashes, 255, &["model@.service"]).unwrap_err();
+        assert!(e.contains("as model@.service it would be 270 bytes"), "{e}");
+        // The experiment file of the report: a + 63 '-'.
+        let id = format!("a{}", "-".repeat(63));
+        assert!(validate_name("experiment id", &id, 64).is_err());
+        // The longest that fits: brain-experiment@ + 57 escaped '-' + .service = 253 bytes.
+        let fits = "-".repeat(57);
+        assert!(validate_name("experiment id", &fits, 64).is_ok());
+        for t in NAME_TEMPLATES {
+            assert!(template_instance(t, &fits).is_some(), "{t}");
+        }
+        assert!(validate_name("experiment id", &"-".repeat(58), 64).is_err());
+        // Plain names up to the byte limit still pass.
+        assert!(validate_name("model name", &"a".repeat(200), 255).is_ok());
+        assert!(validate_name("model name", &"a".repeat(240), 255).is_err());
     }
 }

@@ -22,6 +22,18 @@ pub const GROUP: Group = Group {
             hostile_and_unknown_names_change_nothing,
         ),
         (
+            "a_name_too_long_as_a_unit_name_is_400",
+            a_name_too_long_as_a_unit_name_is_400,
+        ),
+        (
+            "a_model_server_cannot_schedule_a_power_action",
+            a_model_server_cannot_schedule_a_power_action,
+        ),
+        (
+            "a_config_symlink_to_a_root_only_file_leaks_nothing",
+            a_config_symlink_to_a_root_only_file_leaks_nothing,
+        ),
+        (
             "activity_is_reported_and_survives_a_restart",
             activity_is_reported_and_survives_a_restart,
         ),
@@ -103,9 +115,19 @@ fn start_restart_stop_a_model_as_abc(s: &Sandbox) -> Result<()> {
     );
     ensure_eq!(s.active_state(unit)?, "active");
     let pid = s.prop(unit, "MainPID")?;
+    // The model server runs as its own user, never as abc, with its config in its environment
+    // (read by homelab-exec, not by PID 1).
     ensure_eq!(
-        s.ok(&format!("ps -o user=,args= -p {pid}"))?.trim(),
-        "abc      /bin/sleep infinity"
+        s.ok(&format!("ps -o uid=,args= -p {pid}"))?.trim(),
+        format!(
+            "{} /bin/sleep infinity",
+            s.ok("id -u homelab-model")?.trim()
+        )
+    );
+    let environ = s.ok(&format!("tr '\\0' '\\n' < /proc/{pid}/environ"))?;
+    ensure!(
+        environ.lines().any(|l| l == "PORT=8081"),
+        "the config is not in the model's environment: {environ}"
     );
     ensure_eq!(
         s.get(":5002/models/running")?.expect(200)?["running_models"],
@@ -208,6 +230,158 @@ fn hostile_and_unknown_names_change_nothing(s: &Sandbox) -> Result<()> {
         .expect_error(405)?;
     s.get(":5002/models/sleeper.env/start")?.expect_error(405)?;
     ensure_eq!(model_units(s)?, "", "model units after bad requests");
+    Ok(())
+}
+
+/// A name that passes the character rules but is too long for a unit name once escaped (each
+/// '-' is 4 bytes): 400 with the reason, for every route, and nothing started.
+fn a_name_too_long_as_a_unit_name_is_400(s: &Sandbox) -> Result<()> {
+    setup_models(s)?;
+    let name = "-".repeat(64);
+    s.ok(&format!(
+        "cd {DIR} && printf 'MODEL_COMMAND=/bin/sleep infinity\\n' > ./{name} && chown abc:abc ./{name}"
+    ))?;
+    for action in ["start", "stop", "restart", "report"] {
+        let msg = post(s, &format!("/models/{name}/{action}"))?.expect_error(400)?;
+        ensure!(msg.contains("too long for a unit name"), "{action}: {msg}");
+    }
+    s.get(&format!(":5002/models/{name}"))?.expect_error(400)?;
+    // The listing leaves it out instead of failing.
+    let names = s.get(":5002/models")?;
+    ensure!(
+        !names.expect(200)?.to_string().contains(&name),
+        "{}",
+        names.body
+    );
+    ensure_eq!(model_units(s)?, "", "model units after the requests");
+    s.get(":5002/health")?.expect(200)?;
+    s.ok(&format!("rm -f {DIR}/{name}"))?;
+    Ok(())
+}
+
+/// A process of a running model server asks systemd to schedule a power-off and a reboot (and
+/// to power off at once): polkit refuses, nothing is scheduled, and it cannot touch abc's state.
+fn a_model_server_cannot_schedule_a_power_action(s: &Sandbox) -> Result<()> {
+    setup_models(s)?;
+    let future = chrono::Utc::now().timestamp() + 3600;
+    let timer = s
+        .ok(&format!(
+            "systemd-escape --template=homelab-shutdown@.timer @{future}"
+        ))?
+        .trim()
+        .to_string();
+    let reboot = timer.replacen("homelab-shutdown@", "homelab-reboot@", 1);
+    // The model's command tries, and logs each answer to the journal, then serves (sleeps).
+    let script = format!(
+        "for u in '{timer}' '{reboot}'; do systemctl start \"$u\" 2>&1; echo \"start $u: rc=$?\"; done\n\
+         systemctl poweroff 2>&1; echo \"poweroff: rc=$?\"\n\
+         touch /var/lib/shutdown-service/schedules.json 2>&1; echo \"touch: rc=$?\"\n\
+         id; echo attempts done\n\
+         exec sleep infinity\n"
+    );
+    s.ok(&format!(
+        "cat > /usr/local/bin/model-attacker <<'EOS'\n{script}EOS\nchmod 755 /usr/local/bin/model-attacker && \
+         printf 'MODEL_COMMAND=/bin/sh /usr/local/bin/model-attacker\\n' > {DIR}/attacker && chown abc:abc {DIR}/attacker"
+    ))?;
+    post(s, "/models/attacker/start")?.expect(200)?;
+    let journal = || {
+        s.ok("journalctl -u model@attacker.service --no-pager -o cat")
+            .unwrap_or_default()
+    };
+    wait_for(
+        "the model's attempts to finish",
+        Duration::from_secs(60),
+        || Ok(journal().contains("attempts done")),
+    )?;
+    let log = journal();
+    for u in [&timer, &reboot] {
+        ensure!(
+            !log.contains(&format!("start {u}: rc=0")),
+            "a model server started {u}:\n{log}"
+        );
+    }
+    ensure!(!log.contains("poweroff: rc=0"), "poweroff allowed:\n{log}");
+    ensure!(!log.contains("touch: rc=0"), "state writable:\n{log}");
+    ensure!(
+        log.contains("Interactive authentication required") || log.contains("Access denied"),
+        "refused for another reason:\n{log}"
+    );
+    ensure!(
+        log.contains("homelab-model"),
+        "not run as homelab-model:\n{log}"
+    );
+    for u in [&timer, &reboot] {
+        ensure_eq!(s.active_state(u)?, "inactive", "{u}");
+    }
+    ensure_eq!(s.active_state("model@attacker.service")?, "active");
+    post(s, "/models/attacker/stop")?.expect(200)?;
+    s.ok(&format!("rm -f {DIR}/attacker"))?;
+    Ok(())
+}
+
+/// A model config that is a symlink to a root-only file (or a FIFO): the API does not offer it,
+/// abc starting its unit directly gets a failed unit with a clear journal line, and the file's
+/// content is in no process's environment.
+fn a_config_symlink_to_a_root_only_file_leaks_nothing(s: &Sandbox) -> Result<()> {
+    setup_models(s)?;
+    let secret = "WG_PRIVATE_KEY_leak_check_0815";
+    s.ok(&format!(
+        "(umask 077 && printf 'PrivateKey={secret}\\nMODEL_COMMAND=/bin/sleep infinity\\n' > /etc/homelab/wg-secret) && \
+         cd {DIR} && ln -s /etc/homelab/wg-secret leaky && chown -h abc:abc leaky && \
+         mkfifo -m 0644 stuck && chown abc:abc stuck"
+    ))?;
+    ensure_eq!(
+        s.ok("stat -c '%U %a' /etc/homelab/wg-secret")?.trim(),
+        "root 600",
+        "the secret is root-only"
+    );
+    post(s, "/models/leaky/start")?.expect_error(404)?;
+    for name in ["leaky", "stuck"] {
+        let unit = format!("model@{name}.service");
+        // abc may start model units directly (polkit); the unit must fail, at once, and stay down.
+        let t = std::time::Instant::now();
+        let _ = s.as_user("abc", &format!("systemctl start {unit}"))?;
+        wait_for(&format!("{unit} to fail"), Duration::from_secs(20), || {
+            Ok(s.active_state(&unit)? == "failed")
+        })?;
+        ensure!(
+            t.elapsed() < Duration::from_secs(20),
+            "{unit} took {:?}",
+            t.elapsed()
+        );
+        ensure_eq!(
+            s.prop(&unit, "ExecMainStatus")?,
+            "78",
+            "{unit}'s exit status"
+        );
+        let log = s.ok(&format!("journalctl -u {unit} --no-pager -o cat"))?;
+        let why = if name == "leaky" {
+            "symbolic link"
+        } else {
+            "not a regular file"
+        };
+        ensure!(
+            log.contains("refusing the environment file") && log.contains(why),
+            "no clear journal line for {name}: {log}"
+        );
+        ensure!(!log.contains(secret), "the secret reached the journal");
+        ensure!(
+            !s.prop(&unit, "Environment")?.contains(secret),
+            "the secret is in the unit's environment"
+        );
+        s.ok(&format!("systemctl reset-failed {unit}"))?;
+    }
+    let leaks = s.ok(&format!(
+        "grep -l '{secret}' /proc/[0-9]*/environ 2>/dev/null || true"
+    ))?;
+    ensure_eq!(
+        leaks.trim(),
+        "",
+        "processes with the secret in their environment"
+    );
+    s.ok(&format!(
+        "rm -f {DIR}/leaky {DIR}/stuck /etc/homelab/wg-secret"
+    ))?;
     Ok(())
 }
 
@@ -387,7 +561,7 @@ fn two_listening_models_through_curl(s: &Sandbox) -> Result<()> {
         setup.push_str(&format!(
             " && printf 'PORT={port}\\n' > {DIR}/{name} && chown abc:abc {DIR}/{name} && \
              mkdir -p /etc/systemd/system/model@{name}.service.d && \
-             printf '[Service]\\nEnvironment=HOMELAB_INFERENCE_CONFIG=/home/abc/models/noauth.json HOMELAB_IDLE_TIMEOUT=0\\nExecStart=\\nExecStart=/usr/bin/inference-service --listen 127.0.0.1:${{PORT}}\\n' \
+             printf '[Service]\\nEnvironment=HOMELAB_INFERENCE_CONFIG=/home/abc/models/noauth.json HOMELAB_IDLE_TIMEOUT=0\\nExecStart=\\nExecStart=/usr/bin/homelab-exec --env-file {DIR}/%%I --to-port PORT -- /usr/bin/inference-service --listen\\n' \
                > /etc/systemd/system/model@{name}.service.d/server.conf"
         ));
     }

@@ -1,4 +1,6 @@
-//! Issue 3: scheduled shutdowns as systemd timers, on a booted systemd.
+//! Scheduled shutdowns as systemd timers, on a booted systemd: the API, polkit, the state file
+//! (GETs write nothing; hostile files change no power action and block no boot), and real
+//! power-offs and reboots.
 
 use crate::ensure_eq;
 use crate::harness::{Group, Reply, Sandbox, wait_for};
@@ -45,6 +47,11 @@ pub const GROUP: Group = Group {
             corrupt_state_file_is_moved_aside,
         ),
         (
+            "hostile_state_files_answer_at_once_and_echo_nothing",
+            hostile_state_files_answer_at_once_and_echo_nothing,
+        ),
+        ("gets_write_nothing", gets_write_nothing),
+        (
             "config_file_default_minutes_and_auth_switch",
             config_file_default_minutes_and_auth_switch,
         ),
@@ -54,17 +61,27 @@ pub const GROUP: Group = Group {
 pub const POWER_GROUP: Group = Group {
     name: "shutdown-power",
     cases: &[(
-        "a_schedule_powers_the_machine_off",
-        a_schedule_powers_the_machine_off,
+        "a_schedule_powers_the_machine_off_whatever_the_state_file",
+        a_schedule_powers_the_machine_off_whatever_the_state_file,
     )],
 };
 
 pub const REBOOT_GROUP: Group = Group {
     name: "shutdown-reboot",
-    cases: &[(
-        "recurring_survive_reboot_passed_one_offs_do_not_fire",
-        recurring_survive_reboot_passed_one_offs_do_not_fire,
-    )],
+    cases: &[
+        (
+            "recurring_survive_reboot_passed_one_offs_do_not_fire",
+            recurring_survive_reboot_passed_one_offs_do_not_fire,
+        ),
+        (
+            "a_reboot_schedule_reboots_while_a_client_polls_status",
+            a_reboot_schedule_reboots_while_a_client_polls_status,
+        ),
+        (
+            "boot_completes_whatever_the_state_file",
+            boot_completes_whatever_the_state_file,
+        ),
+    ],
 };
 
 const STATE_FILE: &str = "/var/lib/shutdown-service/schedules.json";
@@ -90,14 +107,20 @@ fn send(s: &Sandbox, method: &str, path: &str, body: &str) -> Result<Reply> {
     )
 }
 
-/// The pending timers as `systemctl list-timers` shows them.
+/// The pending timers as `systemctl list-timers` shows them (the README's command).
 fn listed_timers(s: &Sandbox) -> Result<Vec<String>> {
-    let out = s.ok("systemctl list-timers --no-legend --plain 'homelab-shutdown@*'")?;
-    Ok(out
+    let out =
+        s.ok("systemctl list-timers --no-legend --plain 'homelab-shutdown@*' 'homelab-reboot@*'")?;
+    let mut timers: Vec<String> = out
         .split_whitespace()
-        .filter(|w| w.starts_with("homelab-shutdown@") && w.ends_with(".timer"))
+        .filter(|w| {
+            (w.starts_with("homelab-shutdown@") || w.starts_with("homelab-reboot@"))
+                && w.ends_with(".timer")
+        })
         .map(str::to_string)
-        .collect())
+        .collect();
+    timers.sort();
+    Ok(timers)
 }
 
 fn state_snapshot(s: &Sandbox) -> Result<String> {
@@ -105,7 +128,7 @@ fn state_snapshot(s: &Sandbox) -> Result<String> {
 }
 
 fn clear_schedules(s: &Sandbox) -> Result<()> {
-    s.ok("systemctl stop 'homelab-shutdown@*.timer'")?;
+    s.ok("systemctl stop 'homelab-shutdown@*.timer' 'homelab-reboot@*.timer'")?;
     ensure!(listed_timers(s)?.is_empty(), "timers left after clearing");
     Ok(())
 }
@@ -454,16 +477,32 @@ fn a_timer_systemd_no_longer_has_is_not_pending(s: &Sandbox) -> Result<()> {
         .to_string();
     // An admin stops it behind the service's back.
     s.ok(&format!("systemctl stop '{unit}'"))?;
+    let before = state_snapshot(s)?;
     ensure_eq!(
         s.get(":5001/shutdown/status")?.expect(200)?["has_shutdown"],
         false
     );
+    // A read writes nothing: the entry goes with the next mutating request.
+    ensure_eq!(state_snapshot(s)?, before, "a GET changed the state file");
+    let recurring = send(
+        s,
+        "POST",
+        "/shutdown/schedule",
+        r#"{"calendar":"Sat 04:00"}"#,
+    )?;
+    recurring.expect(200)?;
     let state: Value = serde_json::from_str(&state_snapshot(s)?)?;
     ensure!(
         state["schedules"].get(&unit).is_none(),
-        "stale entry kept: {state}"
+        "stale entry kept after a mutating request: {state}"
     );
-    Ok(())
+    ensure!(
+        state["schedules"]
+            .get(recurring.json["unit"].as_str().unwrap_or_default())
+            .is_some(),
+        "the new entry is missing: {state}"
+    );
+    clear_schedules(s)
 }
 
 fn polkit_grants_abc_exactly_the_shutdown_timers(s: &Sandbox) -> Result<()> {
@@ -498,11 +537,24 @@ fn polkit_grants_abc_exactly_the_shutdown_timers(s: &Sandbox) -> Result<()> {
         "abc could not stop {timer}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let reboot_timer = timer.replacen("homelab-shutdown@", "homelab-reboot@", 1);
+    let out = s.as_user(
+        "abc",
+        &format!("systemctl start '{reboot_timer}' && systemctl stop '{reboot_timer}'"),
+    )?;
+    ensure!(
+        out.status.success(),
+        "abc could not start and stop {reboot_timer}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for unit in [
         "systemd-tmpfiles-clean.service",
         "poweroff.target",
+        "reboot.target",
         "homelab-poweroff@x.service",
+        "homelab-reboot@x.service",
         "homelab-shutdown.timer",
+        "homelab-reboot.timer",
         "sshd.service",
     ] {
         denied(
@@ -526,6 +578,13 @@ fn polkit_grants_abc_exactly_the_shutdown_timers(s: &Sandbox) -> Result<()> {
         s.as_user("tester", "systemctl start systemd-tmpfiles-clean.service")?,
         "tester starting another unit",
     )?;
+    // The model servers' user is not abc: it gets nothing (inference group: from a model's process).
+    for t in [&timer, &reboot_timer] {
+        denied(
+            s.as_user("homelab-model", &format!("systemctl start '{t}'"))?,
+            "homelab-model starting a schedule",
+        )?;
+    }
     ensure!(listed_timers(s)?.is_empty(), "a denied start left a timer");
     Ok(())
 }
@@ -560,7 +619,13 @@ fn corrupt_state_file_is_moved_aside(s: &Sandbox) -> Result<()> {
     s.ok(&format!(
         "printf '{{broken' > {STATE_FILE} && chown abc:abc {STATE_FILE}"
     ))?;
+    // A read reports it and leaves it where it is; the next change moves it aside.
     s.get(":5001/shutdown/status")?.expect(200)?;
+    ensure!(
+        !s.ok("ls /var/lib/shutdown-service/")?.contains(".corrupt-"),
+        "a GET moved the file"
+    );
+    send(s, "POST", "/shutdown/schedule", r#"{"minutes":3}"#)?.expect(200)?;
     let aside = s.ok("ls /var/lib/shutdown-service/")?;
     ensure!(
         aside.contains("schedules.json.corrupt-"),
@@ -568,7 +633,121 @@ fn corrupt_state_file_is_moved_aside(s: &Sandbox) -> Result<()> {
     );
     let log = s.ok("journalctl -u shutdown-service -p err --no-pager -o cat")?;
     ensure!(log.contains("is corrupt"), "no error in the journal: {log}");
+    s.ok("rm -f /var/lib/shutdown-service/schedules.json.corrupt-*")?;
+    clear_schedules(s)
+}
+
+/// A state file that is a symlink to /dev/zero, a FIFO, or garbage with a secret-looking line:
+/// every request answers at once, nothing of the content reaches the journal, and the next
+/// change moves the file aside.
+fn hostile_state_files_answer_at_once_and_echo_nothing(s: &Sandbox) -> Result<()> {
+    clear_schedules(s)?;
+    let marker = "SECRET-MARKER-4711";
+    for (what, make) in [
+        (
+            "a symlink to /dev/zero",
+            format!("ln -s /dev/zero {STATE_FILE}"),
+        ),
+        ("a FIFO", format!("mkfifo {STATE_FILE}")),
+        (
+            "garbage",
+            format!("printf '{{\"schedules\": \"{marker}\", {marker}' > {STATE_FILE}"),
+        ),
+        (
+            "over 64 KiB",
+            format!("head -c 70000 /dev/zero | tr '\\0' ' ' > {STATE_FILE}"),
+        ),
+    ] {
+        let out = s.as_user("abc", &format!("rm -f {STATE_FILE} && {make} && echo made"))?;
+        ensure!(
+            String::from_utf8_lossy(&out.stdout).contains("made"),
+            "could not make {what} as abc: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let t = std::time::Instant::now();
+        ensure_eq!(
+            s.get(":5001/shutdown/status")?.expect(200)?["has_shutdown"],
+            false,
+            "status with {what}"
+        );
+        s.get(":5001/shutdown/schedules")?.expect(200)?;
+        let r = send(s, "POST", "/shutdown/schedule", r#"{"minutes":5}"#)?;
+        r.expect(200)
+            .with_context(|| format!("schedule with {what}"))?;
+        ensure!(
+            t.elapsed() < Duration::from_secs(5),
+            "requests with {what} took {:?}",
+            t.elapsed()
+        );
+        let kind = s.ok(&format!("stat -c %F {STATE_FILE}"))?;
+        ensure_eq!(kind.trim(), "regular file", "the state file after {what}");
+        ensure!(
+            s.ok("ls /var/lib/shutdown-service/")?.contains(".corrupt-"),
+            "{what} was not moved aside"
+        );
+        s.ok("rm -f /var/lib/shutdown-service/schedules.json.corrupt-*")?;
+        clear_schedules(s)?;
+    }
+    let log = s.ok("journalctl -u shutdown-service --no-pager -o cat")?;
+    ensure!(
+        !log.contains(marker),
+        "the file's content reached the journal"
+    );
+    for why in [
+        "symbolic link",
+        "not a regular file",
+        "larger than 65536 bytes",
+    ] {
+        ensure!(log.contains(why), "no journal line says {why:?}");
+    }
+    Ok(())
+}
+
+/// Read-only requests change nothing: not the state file, not its folder.
+fn gets_write_nothing(s: &Sandbox) -> Result<()> {
+    clear_schedules(s)?;
+    send(
+        s,
+        "POST",
+        "/shutdown/schedule",
+        r#"{"calendar":"Sun 05:00"}"#,
+    )?
+    .expect(200)?;
+    // An entry whose timer is gone: a GET used to prune it. Written in place (same inode, owner).
+    s.ok(&format!(
+        "sed 's/\"schedules\": {{/\"schedules\": {{ \"homelab-shutdown@gone.timer\": {{\"calendar\": \"gone\", \"created_at\": \"x\"}},/' {STATE_FILE} > /tmp/state.json && cat /tmp/state.json > {STATE_FILE} && grep -q 'homelab-shutdown@gone.timer' {STATE_FILE}"
+    ))?;
+    // Still parsed: the pending schedule is joined with its entry (its creation time).
+    let list = s.get(":5001/shutdown/schedules")?;
+    ensure!(
+        list.expect(200)?["schedules"][0]["created_at"].is_string(),
+        "the edited state file does not parse: {}",
+        list.body
+    );
+    let listing =
+        "stat -c '%n %s %Y %i' /var/lib/shutdown-service/* && md5sum /var/lib/shutdown-service/*";
+    let before = s.ok(listing)?;
+    for path in [
+        "/",
+        "/health",
+        "/shutdown/status",
+        "/shutdown/next",
+        "/shutdown/schedules",
+        "/shutdown/system",
+    ] {
+        s.get(&format!(":5001{path}"))?.expect(200)?;
+    }
+    ensure_eq!(s.ok(listing)?, before, "GETs changed the state folder");
+    ensure!(
+        state_snapshot(s)?.contains("homelab-shutdown@gone.timer"),
+        "a GET pruned an entry"
+    );
+    clear_schedules(s)?;
     send(s, "POST", "/shutdown/schedule", r#"{"minutes":3}"#)?.expect(200)?;
+    ensure!(
+        !state_snapshot(s)?.contains("homelab-shutdown@gone.timer"),
+        "a mutating request kept an entry systemd does not have"
+    );
     clear_schedules(s)
 }
 
@@ -628,20 +807,43 @@ fn config_file_default_minutes_and_auth_switch(s: &Sandbox) -> Result<()> {
     Ok(())
 }
 
-fn a_schedule_powers_the_machine_off(s: &Sandbox) -> Result<()> {
-    let at = chrono::Local::now() + chrono::Duration::seconds(4);
+/// The power-off happens on time although abc turned the state file into a symlink to
+/// /dev/zero after scheduling: the root-owned action reads no file of abc's.
+fn a_schedule_powers_the_machine_off_whatever_the_state_file(s: &Sandbox) -> Result<()> {
+    let at = chrono::Local::now() + chrono::Duration::seconds(6);
     let body = format!(r#"{{"at": "{}"}}"#, at.to_rfc3339());
     let r = send(s, "POST", "/shutdown/schedule", &body)?;
-    r.expect(200)?;
+    ensure!(
+        r.expect(200)?["unit"]
+            .as_str()
+            .is_some_and(|u| u.starts_with("homelab-shutdown@")),
+        "{}",
+        r.body
+    );
     ensure_eq!(listed_timers(s)?.len(), 1);
+    let out = s.as_user(
+        "abc",
+        &format!("rm -f {STATE_FILE} && ln -s /dev/zero {STATE_FILE} && echo made"),
+    )?;
+    ensure!(
+        String::from_utf8_lossy(&out.stdout).contains("made"),
+        "abc could not replace the state file: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     wait_for(
         "the container to power off",
         Duration::from_secs(60),
         || Ok(s.is_down()),
     )?;
+    let late = chrono::Local::now() - at;
     ensure!(
-        chrono::Local::now() >= at,
+        late >= chrono::Duration::zero(),
         "powered off before the scheduled time"
+    );
+    ensure!(
+        late < chrono::Duration::seconds(30),
+        "powered off {}s late",
+        late.num_seconds()
     );
     Ok(())
 }
@@ -699,5 +901,144 @@ fn recurring_survive_reboot_passed_one_offs_do_not_fire(s: &Sandbox) -> Result<(
         recurring_unit.as_str()
     );
     ensure_eq!(status.json["next_shutdown"]["action"], "reboot");
+    Ok(())
+}
+
+/// Whether the container's last boot ended in a reboot by our unit: the previous boot's journal.
+fn previous_boot_rebooted(s: &Sandbox) -> Result<bool> {
+    let log =
+        s.ok("journalctl -b -1 --no-pager -o cat -u 'homelab-reboot@*' -u 'homelab-poweroff@*'")?;
+    Ok(log.contains("fired: rebooting now") && !log.contains("fired: powering off now"))
+}
+
+/// A one-off reboot fires while a dashboard polls /shutdown/status every 50 ms: the machine
+/// reboots (not powers off), and a recurring reboot schedule is still there after it.
+fn a_reboot_schedule_reboots_while_a_client_polls_status(s: &Sandbox) -> Result<()> {
+    clear_schedules(s)?;
+    let recurring = send(
+        s,
+        "POST",
+        "/shutdown/schedule",
+        r#"{"calendar":"*-*-* 04:00","action":"reboot"}"#,
+    )?;
+    let recurring_unit = recurring.expect(200)?["unit"]
+        .as_str()
+        .context("unit")?
+        .to_string();
+    ensure!(
+        recurring_unit.starts_with("homelab-reboot@"),
+        "{recurring_unit}"
+    );
+    let at = chrono::Local::now() + chrono::Duration::seconds(8);
+    let one_off = send(
+        s,
+        "POST",
+        "/shutdown/schedule",
+        &format!(r#"{{"at": "{}", "action": "reboot"}}"#, at.to_rfc3339()),
+    )?;
+    ensure_eq!(one_off.expect(200)?["action"], "reboot");
+    let polls = std::thread::scope(|scope| {
+        let poller = scope.spawn(|| {
+            // Bounded: one client, a request every 50 ms, for at most 60 s.
+            let start = std::time::Instant::now();
+            let mut n = 0u32;
+            while !s.is_down() && start.elapsed() < Duration::from_secs(60) {
+                if s.get(":5001/shutdown/status").is_ok() {
+                    n += 1;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            n
+        });
+        let down = wait_for("the container to reboot", Duration::from_secs(60), || {
+            Ok(s.is_down())
+        });
+        (down, poller.join())
+    });
+    polls.0?;
+    let n = polls
+        .1
+        .map_err(|_| anyhow::anyhow!("the poller panicked"))?;
+    ensure!(
+        n >= 20,
+        "only {n} status requests were answered before the reboot"
+    );
+    ensure!(
+        chrono::Local::now() >= at,
+        "rebooted before the scheduled time"
+    );
+    s.start()?;
+    ensure!(
+        previous_boot_rebooted(s)?,
+        "the last boot did not end in a reboot by homelab-reboot@"
+    );
+    wait_for(
+        "the restore service to finish",
+        Duration::from_secs(30),
+        || Ok(s.prop("homelab-shutdown-restore.service", "ActiveState")? == "active"),
+    )?;
+    ensure_eq!(
+        listed_timers(s)?,
+        vec![recurring_unit.clone()],
+        "timers after the reboot"
+    );
+    let status = s.get(":5001/shutdown/status")?;
+    ensure_eq!(
+        status.expect(200)?["next_shutdown"]["unit"],
+        recurring_unit.as_str()
+    );
+    ensure_eq!(status.json["next_shutdown"]["action"], "reboot");
+    clear_schedules(s)
+}
+
+/// Boot reaches `running` (the restore unit finishes, empty) whatever abc left in the state
+/// file: a FIFO (it used to hang boot), a symlink to /dev/zero, garbage.
+fn boot_completes_whatever_the_state_file(s: &Sandbox) -> Result<()> {
+    clear_schedules(s)?;
+    for (what, make) in [
+        ("a FIFO", format!("mkfifo {STATE_FILE}")),
+        (
+            "a symlink to /dev/zero",
+            format!("ln -s /dev/zero {STATE_FILE}"),
+        ),
+        (
+            "garbage",
+            format!("printf 'not json at all' > {STATE_FILE}"),
+        ),
+    ] {
+        let out = s.as_user("abc", &format!("rm -f {STATE_FILE} && {make} && echo made"))?;
+        ensure!(
+            String::from_utf8_lossy(&out.stdout).contains("made"),
+            "could not make {what} as abc: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        s.stop();
+        ensure!(s.is_down(), "the container did not stop");
+        let t = std::time::Instant::now();
+        // start() fails unless boot reaches running (or degraded) in time.
+        s.start().with_context(|| format!("booting with {what}"))?;
+        ensure!(
+            t.elapsed() < Duration::from_secs(90),
+            "boot with {what} took {:?}",
+            t.elapsed()
+        );
+        ensure_eq!(
+            s.ok("systemctl list-jobs --no-legend")?.trim(),
+            "",
+            "jobs left after booting with {what}"
+        );
+        ensure_eq!(
+            s.prop("homelab-shutdown-restore.service", "ActiveState")?,
+            "active",
+            "the restore unit with {what}"
+        );
+        let log = s.ok("journalctl -b -u homelab-shutdown-restore --no-pager -o cat")?;
+        ensure!(
+            log.contains("is corrupt"),
+            "no journal line for {what}: {log}"
+        );
+        s.get(":5001/shutdown/status")?.expect(200)?;
+        s.ok("rm -f /var/lib/shutdown-service/schedules.json*")?;
+    }
     Ok(())
 }
