@@ -1,6 +1,33 @@
 //! Command lines kept in environment files (`MODEL_COMMAND=`, `EXPERIMENT_COMMAND=`): split into
 //! words the way a shell would for simple quoting, with no shell, no expansion, no globbing.
 
+/// The program a command names, as `execvp` would find it: a name without `/` is looked up in
+/// `path` (a `PATH` value). It must be an executable regular file; the error says what to fix.
+pub fn resolve_program(
+    program: &str,
+    path: Option<&std::ffi::OsStr>,
+) -> Result<std::path::PathBuf, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &std::path::Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.contains('/') {
+        let p = std::path::PathBuf::from(program);
+        if !p.is_absolute() {
+            return Err(format!("{program:?} is relative: give an absolute path"));
+        }
+        if !executable(&p) {
+            return Err(format!("{program:?} is not an executable file"));
+        }
+        return Ok(p);
+    }
+    path.into_iter()
+        .flat_map(std::env::split_paths)
+        .map(|d| d.join(program))
+        .find(|p| executable(p))
+        .ok_or_else(|| format!("{program:?} is not found in PATH: give its absolute path"))
+}
+
 /// Splits `line` into words: whitespace separates; `'…'` is literal; `"…"` and bare words take
 /// `\` as an escape. An unterminated quote or a trailing `\` is an error.
 pub fn split_words(line: &str) -> Result<Vec<String>, String> {

@@ -24,6 +24,29 @@ pub const MAX_BYTES: u64 = 1 << 20;
 /// Reads the regular file `path`, at most `max` bytes: without following a symlink (an error),
 /// without blocking (a FIFO or device opens at once and is refused), never quoting what is in it.
 pub fn read_regular(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+    read_checked(path, max, |_| Ok(()))
+}
+
+/// [`read_regular`] of a configuration file a process running as root acts on: it must also be
+/// owned by root and writable by nobody else.
+pub fn read_root_owned(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+    use std::os::unix::fs::MetadataExt;
+    read_checked(path, max, |meta| {
+        if meta.uid() != 0 || meta.mode() & 0o022 != 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                "it must be owned by root and writable only by root (chown root; chmod 644)",
+            ));
+        }
+        Ok(())
+    })
+}
+
+fn read_checked(
+    path: &Path,
+    max: u64,
+    check: impl FnOnce(&std::fs::Metadata) -> std::io::Result<()>,
+) -> std::io::Result<Vec<u8>> {
     use nix::fcntl::OFlag;
     use std::io::{Error, ErrorKind};
     let file = OpenOptions::new()
@@ -44,6 +67,7 @@ pub fn read_regular(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
             "it is not a regular file",
         ));
     }
+    check(&meta)?;
     let mut data = Vec::new();
     file.take(max + 1).read_to_end(&mut data)?;
     if data.len() as u64 > max {

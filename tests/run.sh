@@ -16,6 +16,8 @@ cargo fmt --check
 
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --locked --all-targets -- -D warnings
+# The e2e suite is a test target of its own that --all-targets leaves out (test = false).
+cargo clippy --locked --test e2e -- -D warnings
 
 step "cargo test (unit and integration tests)"
 cargo test --locked

@@ -110,6 +110,18 @@ fn main() -> ExitCode {
         what = var;
     }
     let program = words.remove(0);
+    // Under Type=notify the unit is started once the program can be run: a command that does
+    // not exist fails the start job (and so `systemctl start`) instead of the unit a moment later.
+    if std::env::var_os("NOTIFY_SOCKET").is_some() {
+        let path = lookup("PATH").map(std::ffi::OsString::from);
+        if let Err(e) = homelab::exec::resolve_program(
+            &program,
+            path.as_deref().or(std::env::var_os("PATH").as_deref()),
+        ) {
+            return fail(&format!("cannot run {program:?} (from {what}): {e}"));
+        }
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    }
     let err = std::process::Command::new(&program)
         .args(&words)
         .envs(env)

@@ -251,36 +251,15 @@ pub fn load(dir: &Path, id: &str) -> Result<Experiment, String> {
 /// The most an experiment's `.env` may hold when root reads it.
 const ENV_MAX_BYTES: u64 = 64 * 1024;
 
-/// One experiment by id, read the way a process running as root must read a configuration file:
-/// without following a symlink or blocking on a FIFO, only a regular file that root owns and
-/// only root may write, at most 64 KiB. (The generator runs before anything else can write
-/// there; the coordinator reads the file again at each start.)
+/// One experiment by id, read as a process running as root must read a configuration file
+/// (see [`crate::statefile::read_root_owned`]): the coordinator reads it again at each start.
 pub fn load_trusted(dir: &Path, id: &str) -> Result<Experiment, String> {
-    use std::io::Read;
-    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
     validate_id(id)?;
     let path = dir.join(format!("{id}.env"));
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
-        .open(&path)
+    let bytes = crate::statefile::read_root_owned(&path, ENV_MAX_BYTES)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let meta = file
-        .metadata()
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    if !meta.is_file() || meta.uid() != 0 || meta.mode() & 0o022 != 0 {
-        return Err(format!(
-            "{} must be a regular file that only root may write (chown root; chmod 644)",
-            path.display()
-        ));
-    }
-    let mut text = String::new();
-    file.take(ENV_MAX_BYTES + 1)
-        .read_to_string(&mut text)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    if text.len() as u64 > ENV_MAX_BYTES {
-        return Err(format!("{} is larger than 64 KiB", path.display()));
-    }
+    let text =
+        String::from_utf8(bytes).map_err(|_| format!("{} is not UTF-8 text", path.display()))?;
     parse(id, &text).map_err(|e| format!("{}: {e}", path.display()))
 }
 

@@ -4,7 +4,7 @@
 //! slice, target, restart policy, user and hardening. Change one, change the other.
 
 use super::config::{GPU_DEVICES, SLICE, TARGET, transient_unit, validate_id};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use zbus::zvariant::Value;
 
 /// Restart policy shared with the template: `Restart=on-failure`, at most 3 starts in 10 min.
@@ -43,28 +43,9 @@ impl RunSpec {
             .command
             .first()
             .ok_or("no command given: brainctl run ID -- COMMAND [ARGS...]")?;
-        if !program.contains('/') {
-            let found = std::env::var_os("PATH")
-                .into_iter()
-                .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-                .map(|d| d.join(program))
-                .find(|p| p.is_file())
-                .ok_or_else(|| {
-                    format!("{program:?} is not found in PATH: give its absolute path")
-                })?;
-            self.command[0] = found.to_string_lossy().into_owned();
-        } else if !Path::new(program).is_absolute() {
-            return Err(format!("{program:?} is relative: give an absolute path"));
-        }
         // As systemd-run does: a missing program is an error now, not a failed unit later.
-        let program = &self.command[0];
-        let executable = std::fs::metadata(program).is_ok_and(|m| {
-            use std::os::unix::fs::PermissionsExt;
-            m.is_file() && m.permissions().mode() & 0o111 != 0
-        });
-        if !executable {
-            return Err(format!("{program:?} is not an executable file"));
-        }
+        let found = crate::exec::resolve_program(program, std::env::var_os("PATH").as_deref())?;
+        self.command[0] = found.to_string_lossy().into_owned();
         if let Some(c) = &self.config
             && !c.is_absolute()
         {

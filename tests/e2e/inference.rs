@@ -554,9 +554,7 @@ fn on_demand_model_starts_on_first_request_and_stops_when_idle(s: &Sandbox) -> R
 /// `systemctl is-active` agrees after each.
 fn two_listening_models_through_curl(s: &Sandbox) -> Result<()> {
     setup_models(s)?;
-    let mut setup = format!(
-        r#"echo '{{"auth": {{"enabled": false}}}}' > /home/abc/models/noauth.json && chown abc:abc /home/abc/models/noauth.json"#
-    );
+    let mut setup = r#"echo '{"auth": {"enabled": false}}' > /home/abc/models/noauth.json && chown abc:abc /home/abc/models/noauth.json"#.to_string();
     for (name, port) in [("alpha.env", 8101), ("beta.env", 8102)] {
         setup.push_str(&format!(
             " && printf 'PORT={port}\\n' > {DIR}/{name} && chown abc:abc {DIR}/{name} && \
