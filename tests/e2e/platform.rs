@@ -210,13 +210,18 @@ fn bad_requests_get_json_errors(s: &Sandbox) -> Result<()> {
             msg.contains("65536"),
             "413 message does not give the limit: {msg}"
         );
-        // Chunked body without a declared length.
-        s.curl(
-            "POST",
-            &format!(":{port}/health"),
-            &["-H", "Transfer-Encoding: chunked", "--data-binary", &big],
-        )?
-        .expect_error(413)?;
+        // A body without a declared length is refused before it is read.
+        let msg = s
+            .curl(
+                "POST",
+                &format!(":{port}/health"),
+                &["-H", "Transfer-Encoding: chunked", "--data-binary", &big],
+            )?
+            .expect_error(411)?;
+        ensure!(
+            msg.contains("Content-Length"),
+            "411 message does not say what to send: {msg}"
+        );
         // A forged huge Content-Length must neither be read nor crash the service.
         s.curl(
             "POST",
