@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 pub const GROUP: Group = Group {
-    name: "hostile_clients",
+    name: "hostile-clients",
     cases: &[
         ("limits_are_set_per_unit", limits_are_set_per_unit),
         ("oversized_heads_get_431", oversized_heads_get_431),

@@ -149,7 +149,10 @@ fn services_run_unprivileged_and_hardened(s: &Sandbox) -> Result<()> {
             "{unit} has no seccomp filter: {status}"
         );
         ensure_eq!(s.prop(unit, "LimitNOFILE")?, "65536");
-        ensure_eq!(s.prop(unit, "LimitNPROC")?, "4096");
+        // Each service's own budget of tasks and memory (not LimitNPROC=, which counts every
+        // process of user abc and so would be shared by both).
+        ensure_eq!(s.prop(unit, "TasksMax")?, "64");
+        ensure_eq!(s.prop(unit, "MemoryMax")?, (128u64 << 20).to_string());
         ensure_eq!(s.prop(unit, "ProtectSystem")?, "strict");
         ensure_eq!(s.prop(unit, "PrivateTmp")?, "yes");
     }
