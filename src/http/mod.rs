@@ -1,9 +1,10 @@
 //! The socket-activated HTTP core both services share: request/response types, routing, JSON errors.
 //!
 //! A service is a [`Service`]: a pure function from a parsed [`Request`] to a [`Response`], so its
-//! logic is tested in-process; [`server`] puts it behind tiny_http and systemd's socket.
+//! logic is tested in-process; [`server`] puts it behind systemd's socket with bounded resources.
 
 pub mod auth;
+pub mod parse;
 pub mod server;
 
 use serde_json::{Value, json};
@@ -63,7 +64,13 @@ pub struct Request {
     /// Header names lower-cased.
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// Only the head has arrived: the service checks method, route and token and answers
+    /// [`CHECKS_PASSED`] instead of acting (see [`route_authorized`]), before the body is read.
+    pub checks_only: bool,
 }
+
+/// Status of the answer to a [`Request::checks_only`] request whose checks passed; never sent.
+pub const CHECKS_PASSED: u16 = 100;
 
 impl Request {
     /// A request with no headers and no body, for tests and internal callers.
@@ -75,6 +82,7 @@ impl Request {
             query: query.to_string(),
             headers: Vec::new(),
             body: Vec::new(),
+            checks_only: false,
         }
     }
 
@@ -233,7 +241,9 @@ impl From<crate::systemd::dbus::SystemdError> for ApiError {
     }
 }
 
-/// What a service is: a name for logs and a handler. Handlers must not panic on any input.
+/// What a service is: a name for logs and a handler. Handlers must not panic on any input, and
+/// must route through [`route_authorized`] before they act: the server relies on it to check a
+/// request's head before it reads the body (see [`Request::checks_only`]).
 pub trait Service: Send + Sync {
     /// The human-readable name reported by `/health`.
     fn name(&self) -> &'static str;
@@ -297,7 +307,9 @@ fn match_pattern<'a>(pattern: &str, path: &'a str) -> Option<Vec<&'a str>> {
 
 /// Routes a request and applies the services' auth policy: every method that changes state
 /// (anything but GET and HEAD) needs the bearer token; reads stay open. `Err` is the response
-/// to send (404, 405 or 401).
+/// to send (404, 405 or 401), or for a [`Request::checks_only`] request whose checks passed a
+/// [`CHECKS_PASSED`] answer, so that a service which routes through here first (all do) answers
+/// before it acts and the server reads a body only for a request that may have one.
 pub fn route_authorized<'a, R: Copy>(
     routes: &[(Method, &str, R)],
     req: &'a Request,
@@ -309,6 +321,9 @@ pub fn route_authorized<'a, R: Copy>(
     };
     if !matches!(req.method, Method::Get | Method::Head) {
         auth.check(req)?;
+    }
+    if req.checks_only {
+        return Err(Response::with_status(CHECKS_PASSED, Value::Null));
     }
     Ok((tag, captures))
 }
@@ -460,6 +475,19 @@ mod tests {
         let with = Request::new(Method::Post, "/x")
             .with_header("Authorization", "Bearer 0123456789abcdef0123");
         assert_eq!(route_authorized(routes, &with, &auth).unwrap().0, 1);
+        // A head alone gets its checks, and a pass, never the action.
+        let mut head = with.clone();
+        head.checks_only = true;
+        assert_eq!(
+            route_authorized(routes, &head, &auth).unwrap_err().status,
+            CHECKS_PASSED
+        );
+        let mut head = Request::new(Method::Post, "/x");
+        head.checks_only = true;
+        assert_eq!(
+            route_authorized(routes, &head, &auth).unwrap_err().status,
+            401
+        );
         // Unknown routes and methods are 404/405 before auth is asked.
         assert_eq!(
             route_authorized(routes, &Request::new(Method::Post, "/nope"), &auth)

@@ -4,6 +4,7 @@
 mod coordinator;
 mod experiments;
 mod harness;
+mod hostile;
 mod inference;
 mod platform;
 mod shutdown;
@@ -11,6 +12,7 @@ mod shutdown;
 fn main() -> std::process::ExitCode {
     harness::run(&[
         platform::GROUP,
+        hostile::GROUP,
         inference::GROUP,
         experiments::GROUP,
         coordinator::GROUP,

@@ -149,7 +149,10 @@ fn services_run_unprivileged_and_hardened(s: &Sandbox) -> Result<()> {
             "{unit} has no seccomp filter: {status}"
         );
         ensure_eq!(s.prop(unit, "LimitNOFILE")?, "65536");
-        ensure_eq!(s.prop(unit, "LimitNPROC")?, "4096");
+        // Each service's own budget of tasks and memory (not LimitNPROC=, which counts every
+        // process of user abc and so would be shared by both).
+        ensure_eq!(s.prop(unit, "TasksMax")?, "64");
+        ensure_eq!(s.prop(unit, "MemoryMax")?, (128u64 << 20).to_string());
         ensure_eq!(s.prop(unit, "ProtectSystem")?, "strict");
         ensure_eq!(s.prop(unit, "PrivateTmp")?, "yes");
     }
@@ -210,13 +213,18 @@ fn bad_requests_get_json_errors(s: &Sandbox) -> Result<()> {
             msg.contains("65536"),
             "413 message does not give the limit: {msg}"
         );
-        // Chunked body without a declared length.
-        s.curl(
-            "POST",
-            &format!(":{port}/health"),
-            &["-H", "Transfer-Encoding: chunked", "--data-binary", &big],
-        )?
-        .expect_error(413)?;
+        // A body without a declared length is refused before it is read.
+        let msg = s
+            .curl(
+                "POST",
+                &format!(":{port}/health"),
+                &["-H", "Transfer-Encoding: chunked", "--data-binary", &big],
+            )?
+            .expect_error(411)?;
+        ensure!(
+            msg.contains("Content-Length"),
+            "411 message does not say what to send: {msg}"
+        );
         // A forged huge Content-Length must neither be read nor crash the service.
         s.curl(
             "POST",

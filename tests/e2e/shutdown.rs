@@ -310,13 +310,21 @@ fn bad_inputs_are_400_and_change_nothing(s: &Sandbox) -> Result<()> {
         "a*",
         "x.service",
         "%0a",
-        &"a".repeat(10_240),
+        &"a".repeat(4_096),
         "0123456789ABCDEF",
     ] {
         send(s, "DELETE", &format!("/shutdown/schedules/{id}"), "")?
             .expect_error(400)
             .with_context(|| format!("id {id:.40}"))?;
     }
+    // A request line over 8 KiB is refused before routing.
+    send(
+        s,
+        "DELETE",
+        &format!("/shutdown/schedules/{}", "a".repeat(10_240)),
+        "",
+    )?
+    .expect_error(431)?;
     send(s, "DELETE", "/shutdown/schedules/0123456789abcdef", "")?.expect_error(404)?;
     send(s, "PUT", "/shutdown/schedule", "{}")?.expect_error(405)?;
     s.get(":5001/shutdown/schedule")?.expect_error(405)?;

@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# Stress figures (not a test: nothing fails on a figure) for both HTTP services under hostile
+# clients, on a booted systemd in a sandbox of its own inside a network namespace, like run.sh.
+# Per service: /health latency p50/p99/max (a fresh connection every 200 ms) at rest and under
+# each attack, peak threads and peak RSS (VmHWM) of the service's process. Attacks, all from
+# tests/e2e/hostile.py inside the sandbox, to 127.0.0.1 only, bounded in count and time:
+#   bigheader  one 50 MB header line
+#   idle       400 connections that send nothing (reopened when closed), 15 s
+#   trickle    40 connections sending a body a byte a second (reopened when closed), 15 s
+#   both       idle and trickle together, 15 s
+# Figures and what they mean: benches/README.md. Run as root: bash benches/stress.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DIR=/var/tmp/homelab-stress
+NS=homelab-stress
+SECONDS_PER_ATTACK=${STRESS_SECONDS:-15}
+UNITDIR=$DIR/etc/systemd/system
+
+die() { printf '\nstress: FAILED: %s\n' "$*" >&2; exit 1; }
+step() { printf '\n==> %s\n' "$*" >&2; }
+sandbox() { bash tests/e2e/sandbox.sh "$@"; }
+inside() { sandbox exec "$DIR" "$@"; }
+cleanup() { sandbox stop "$DIR" >/dev/null 2>&1 || true; rm -rf "$DIR" "$DIR.console"; }
+pid_of() { inside systemctl show -p MainPID --value "$1"; }
+hostile() { inside timeout 120 python3 /root/hostile.py "$@"; }
+# The value of key $1 in the key=value lines on stdin.
+val() { awk -F= -v k="$1" '$1 == k {print $2}'; }
+
+[ "$(id -u)" = 0 ] || die "the stress run boots a systemd container: run it as root"
+step "host prerequisites and build"
+sandbox prereqs
+make -s build
+rev=$(git describe --always --dirty)
+
+step "sandbox $DIR in network namespace $NS"
+cleanup
+trap cleanup EXIT
+sandbox create "$DIR"
+cp tests/e2e/hostile.py "$DIR/root/hostile.py"
+# Never exit when idle during the run, so that each service's figures are one process's.
+for unit in shutdown-service inference-service; do
+    mkdir -p "$UNITDIR/$unit.service.d"
+    printf '[Service]\nEnvironment=HOMELAB_IDLE_TIMEOUT=0\n' >"$UNITDIR/$unit.service.d/stress.conf"
+done
+sandbox boot "$DIR" "$NS" >/dev/null
+inside sh -c 'systemd-sysusers && systemd-tmpfiles --create && systemctl daemon-reload &&
+    systemctl start home-lab-services.target'
+
+rows=()
+row() { rows+=("$(printf '| %s | %s | %s | %s | %s | %s | %s |' "$@")"); }
+for svc in shutdown-service:5001 inference-service:5002; do
+    unit=${svc%:*} port=${svc#*:}
+    step "$unit on :$port"
+    inside systemctl restart "$unit.service"
+    ip netns exec "$NS" curl -sf -o /dev/null "http://127.0.0.1:$port/health" || die "$unit does not answer"
+    pid=$(pid_of "$unit.service")
+    for attack in rest idle trickle both; do
+        case $attack in
+            rest) args="0 0" ;;
+            idle) args="400 0" ;;
+            trickle) args="0 40" ;;
+            both) args="400 40" ;;
+        esac
+        # shellcheck disable=SC2086 # two numbers
+        out=$(hostile flood "$port" $args "$SECONDS_PER_ATTACK" "$pid")
+        echo "$out" | tr '\n' ' ' >&2
+        echo >&2
+        row "$unit" "$attack ($args)" "$(val p50_ms <<<"$out") / $(val p99_ms <<<"$out") / $(val max_ms <<<"$out")" \
+            "$(val failed <<<"$out") of $(val probes <<<"$out")" "$(val max_threads <<<"$out")" \
+            "$(val max_rss_kb <<<"$out")" "$(val hwm_kb <<<"$out")"
+    done
+    out=$(hostile bigheader "$port" 50)
+    hwm=$(inside awk '/^VmHWM:/ {print $2}' "/proc/$pid/status")
+    threads=$(inside awk '/^Threads:/ {print $2}' "/proc/$pid/status")
+    rss=$(inside awk '/^VmRSS:/ {print $2}' "/proc/$pid/status")
+    row "$unit" "50 MB header (answer $(val status <<<"$out"), $(val sent <<<"$out") bytes sent)" "" "" "$threads" "$rss" "$hwm"
+    [ "$(pid_of "$unit.service")" = "$pid" ] || die "$unit restarted during the attacks"
+    tasks=$(inside systemctl show -p TasksCurrent --value "$unit.service")
+    echo "$unit: TasksCurrent after the attacks: $tasks" >&2
+done
+
+# The coordinator (its own admission socket, not HTTP): what it uses at rest, for its unit's bounds.
+cpid=$(pid_of brain-experiment-coordinator.service)
+if [ "$cpid" != 0 ]; then
+    coord=$(inside awk '/^(Threads|VmRSS|VmHWM):/ {printf "%s %s%s; ", $1, $2, ($3 ? " " $3 : "")}' "/proc/$cpid/status")
+else
+    coord="not running"
+fi
+
+echo
+echo "homelab stress, $(date -u +%F), $(nproc) cores, systemd $(inside systemctl --version | awk 'NR==1 {print $2}') in systemd-nspawn, $rev"
+echo "| service | attack (idle, trickling connections) | /health p50 / p99 / max ms | failed probes | max threads | max VmRSS kB | VmHWM kB |"
+echo "|---|---|---|---|---|---|---|"
+printf '%s\n' "${rows[@]}"
+echo
+echo "brain-coordinator at rest: $coord"
