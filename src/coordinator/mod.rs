@@ -93,6 +93,9 @@ struct Coordinator {
     waiting: BTreeMap<String, Queued>,
     /// Declared `MemoryMax` of admitted units, read once per unit while it runs.
     memory: HashMap<String, u64>,
+    /// The main process of each unit this instance admitted: if it connects again (it may, as
+    /// user brain), it is a running experiment, not a gate, and keeps counting.
+    admitted: HashMap<String, u32>,
     inhibitor: Option<zbus::zvariant::OwnedFd>,
     /// Experiments admitted at the last evaluation (for the status line).
     running: usize,
@@ -133,6 +136,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
         frozen: false,
         waiting: BTreeMap::new(),
         memory: HashMap::new(),
+        admitted: HashMap::new(),
         inhibitor: None,
         nvml: nvml::Nvml::load(),
         running: 0,
@@ -142,6 +146,9 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
     }
     let watchdog = sd_notify::watchdog_enabled();
     c.check_temperature();
+    // A previous instance may have left the slice throttled or frozen (it was stopped or
+    // restarted while hot): bring the slice in line with the state now.
+    c.apply_thermal();
     c.evaluate();
     systemd::notify_ready(&c.status_line());
     log_info!("coordinating experiments: {}", c.status_line());
@@ -157,10 +164,12 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
             Err(mpsc::RecvTimeoutError::Timeout) => None,
             Err(mpsc::RecvTimeoutError::Disconnected) => anyhow::bail!("the event threads stopped"),
         };
-        // Coalesce a burst of events into one evaluation.
+        // Coalesce a burst of events into one evaluation, but a bounded one: a flood of
+        // connections must not keep the loop from evaluating and from the watchdog.
         for ev in first
             .into_iter()
             .chain(std::iter::from_fn(|| rx.try_recv().ok()))
+            .take(GATE_BACKLOG)
         {
             if let Event::Gate(gate) = ev {
                 c.arrive(gate);
@@ -234,6 +243,11 @@ fn identify(stream: &UnixStream) -> Result<(String, u32), String> {
     if procfs::comm(pid).as_deref() != Some(GATE_COMM) {
         // An experiment that runs already: it was admitted, there is nothing to wait for.
         return Err("OK".into());
+    }
+    // A gate is its unit's main process, a child of the service manager: a cheap first check,
+    // before the event loop asks systemd for the unit's main PID.
+    if procfs::parent(pid) != Some(1) {
+        return Err("REFUSE only the main process of an experiment unit is its gate".into());
     }
     Ok((unit, pid))
 }
@@ -332,14 +346,21 @@ impl Coordinator {
             self.thermal.as_str(),
             next.as_str()
         );
+        self.thermal = next;
+        self.apply_thermal();
+        true
+    }
+
+    /// Gives the slice the CPU quota of the thermal state, and thaws it unless critical.
+    fn apply_thermal(&mut self) {
         let m = match dbus::manager() {
             Ok(m) => m,
             Err(e) => {
                 log_warn!("{e}");
-                return false;
+                return;
             }
         };
-        let quota = match next {
+        let quota = match self.thermal {
             Thermal::Normal => u64::MAX,
             _ => throttled_quota_usec(),
         };
@@ -353,15 +374,17 @@ impl Coordinator {
                 SystemdError::from(e)
             );
         }
-        if next != Thermal::Critical && self.frozen {
+        let frozen = self.frozen
+            || dbus::unit(SLICE)
+                .and_then(|(u, _)| Ok(u.freezer_state()?))
+                .is_ok_and(|state| state != "running");
+        if self.thermal != Thermal::Critical && frozen {
             match m.thaw_unit(SLICE) {
                 Ok(()) => log_warn!("thawed {SLICE}"),
                 Err(e) => log_warn!("cannot thaw {SLICE}: {}", SystemdError::from(e)),
             }
             self.frozen = false;
         }
-        self.thermal = next;
-        true
     }
 
     /// Critical heat: freeze the slice where cgroup v2 allows it; else stop the newest running
@@ -413,10 +436,22 @@ impl Coordinator {
     /// queue in its unit's name), and a template unit's `.env` must be valid now. A gate that
     /// asks again (it reconnected after a restart of the coordinator) replaces its older self.
     fn arrive(&mut self, mut gate: Gate) {
-        let main_pid = dbus::unit(&gate.unit).and_then(|(_, s)| Ok(s.main_pid()?));
-        if main_pid.as_ref().ok() != Some(&gate.pid) {
-            gate.tell("REFUSE only the main process of an experiment unit is its gate");
+        if self.admitted.get(&gate.unit) == Some(&gate.pid) {
+            // Its experiment runs already (admitted by this instance): nothing to wait for.
+            gate.tell("OK");
             return;
+        }
+        match dbus::unit(&gate.unit).and_then(|(_, s)| Ok(s.main_pid()?)) {
+            Ok(pid) if pid == gate.pid => {}
+            Ok(_) => {
+                gate.tell("REFUSE only the main process of an experiment unit is its gate");
+                return;
+            }
+            // systemd did not answer (a daemon-reexec, say): close, and the gate asks again.
+            Err(e) => {
+                log_warn!("cannot check the gate of {}: {e}", gate.unit);
+                return;
+            }
         }
         let limits = match experiments::id_of(&gate.unit) {
             Some(id) if gate.unit.starts_with("brain-experiment@") => {

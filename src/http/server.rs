@@ -35,6 +35,9 @@ const LINGER: Duration = Duration::from_secs(2);
 const LINGER_BYTES: usize = 1024 * 1024;
 /// Complete requests waiting for a worker; past it a request is answered 503.
 const QUEUE: usize = 256;
+/// The most a worker spends writing one response: a client on a LAN reads a small JSON answer in
+/// milliseconds; one that does not read is cut off instead of holding the worker.
+const WRITE_DEADLINE: Duration = Duration::from_secs(2);
 /// How often the I/O thread looks at the stop flag when nothing happens.
 const TICK: Duration = Duration::from_millis(250);
 
@@ -609,12 +612,7 @@ impl Worker {
             let started = Instant::now();
             let response = handle(&*self.service, &req);
             let bytes = render(&response, req.method == Method::Head, keep_alive);
-            // The deadline bounds the write too: a client that does not read cannot hold us.
-            let written = conn
-                .stream
-                .set_nonblocking(false)
-                .and_then(|()| conn.stream.set_write_timeout(Some(REQUEST_DEADLINE)))
-                .and_then(|()| conn.stream.write_all(&bytes));
+            let written = write_within(&mut conn.stream, &bytes, WRITE_DEADLINE);
             if let Err(e) = &written {
                 log_warn!(
                     "{} {} : writing the response failed: {e}",
@@ -634,6 +632,30 @@ impl Worker {
             }
         }
     }
+}
+
+/// Writes all of `bytes` to the non-blocking `stream` within `limit` in all (not per `write()`,
+/// as `SO_SNDTIMEO` would be): a client that reads slowly or not at all holds a worker no longer.
+fn write_within(stream: &mut TcpStream, mut bytes: &[u8], limit: Duration) -> std::io::Result<()> {
+    let deadline = Instant::now() + limit;
+    while !bytes.is_empty() {
+        match stream.write(bytes) {
+            Ok(0) => return Err(ErrorKind::WriteZero.into()),
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(ErrorKind::TimedOut.into());
+                }
+                let millis = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+                let mut fds = [PollFd::new(stream.as_fd(), PollFlags::POLLOUT)];
+                poll(&mut fds, PollTimeout::from(millis)).map_err(std::io::Error::from)?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 fn log_access(req: &Request, response: &Response, started: Instant) {
@@ -728,6 +750,35 @@ fn printable(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_client_that_does_not_read_cannot_hold_a_writer() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        server.set_nonblocking(true).unwrap();
+        let t = Instant::now();
+        // Far more than the socket buffers hold; the client never reads.
+        let e = write_within(
+            &mut server,
+            &vec![b'x'; 64 << 20],
+            Duration::from_millis(300),
+        )
+        .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::TimedOut);
+        assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+        // A reading client gets everything.
+        let mut reader = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        server.set_nonblocking(true).unwrap();
+        let got = std::thread::spawn(move || {
+            let mut all = Vec::new();
+            reader.read_to_end(&mut all).map(|_| all.len())
+        });
+        write_within(&mut server, &vec![b'y'; 4 << 20], Duration::from_secs(10)).unwrap();
+        drop(server);
+        assert_eq!(got.join().unwrap().unwrap(), 4 << 20);
+    }
 
     impl Response {
         fn with_header_for_test(mut self, name: &'static str, value: &str) -> Response {

@@ -90,6 +90,9 @@ pub trait Unit {
     fn state_change_timestamp(&self) -> zbus::Result<u64>;
     #[zbus(property)]
     fn active_enter_timestamp(&self) -> zbus::Result<u64>;
+    /// `running`, `freezing`, `frozen` or `thawing` (cgroup v2's freezer).
+    #[zbus(property)]
+    fn freezer_state(&self) -> zbus::Result<String>;
 }
 
 #[zbus::proxy(
@@ -305,10 +308,10 @@ pub fn wait_for_job(
         })),
     };
     let Some(result) = result else {
-        return Err(SystemdError::Failed(format!(
-            "the {verb} job of {unit} did not finish within {:?}",
-            timeout.unwrap_or_default()
-        )));
+        return Err(SystemdError::Failed(match timeout {
+            Some(t) => format!("the {verb} job of {unit} did not finish within {t:?}"),
+            None => format!("lost the system bus while waiting for the {verb} job of {unit}"),
+        }));
     };
     if result == "done" {
         return Ok(());

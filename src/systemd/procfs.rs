@@ -98,6 +98,17 @@ fn unit_of_cgroup(proc_cgroup: &str) -> Option<String> {
         .map(str::to_string)
 }
 
+/// The parent of process `pid` (field 4 of `/proc/PID/stat`).
+pub fn parent(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: fields resume after the last ')'.
+    stat[stat.rfind(')')? + 1..]
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
 /// The process's name as the kernel keeps it (`/proc/PID/comm`: the executable's file name, at
 /// most 15 bytes).
 pub fn comm(pid: u32) -> Option<String> {
@@ -151,6 +162,10 @@ mod tests {
         assert_eq!(unit_of_cgroup(v1).as_deref(), Some("brain-run-x.service"));
         assert_eq!(unit_of_cgroup("0::/user.slice/session-1.scope\n"), None);
         assert!(comm(std::process::id()).is_some());
+        assert_eq!(
+            parent(std::process::id()),
+            Some(std::os::unix::process::parent_id())
+        );
     }
 
     #[test]
