@@ -141,6 +141,8 @@ cpu_quota_from_brainctl_run() {
 # admission, and admission keeps two experiments that would not fit together from running together.
 slice_budget() {
     local cg ev0 ev1 max peak
+    # The slice's cgroup exists once the slice is started (with its first unit, or now).
+    systemctl start "$SLICE"
     cg=$(cgroup_of "$SLICE")
     max=$(cat "$cg/memory.max")
     measured "TOTAL_RAM_LIMIT_GB=1: $SLICE memory.max $max, MemoryMax $(prop "$SLICE" MemoryMax)"

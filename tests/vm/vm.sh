@@ -105,21 +105,26 @@ start_qemu() {
     local accel=$1 cpu=max
     [ "$accel" = kvm ] && cpu=host
     rm -f "$work/console.log" "$work/report.log"
-    qemu-system-x86_64 -nodefaults -display none -no-reboot \
+    # In a group whose stderr is the log: a crash of qemu is reported there, not on the terminal.
+    { qemu-system-x86_64 -nodefaults -display none -no-reboot \
         -accel "$accel" -cpu "$cpu" -m 2048 -smp 2 \
         -kernel "$base/vmlinuz" -initrd "$base/initrd.img" \
         -append "root=/dev/vda rw console=ttyS0 systemd.unified_cgroup_hierarchy=1 panic=-1" \
         -drive "file=$work/disk.img,format=raw,if=virtio" \
-        -serial "file:$work/console.log" -serial "file:$work/report.log" \
-        >"$work/qemu.log" 2>&1 </dev/null &
+        -serial "file:$work/console.log" -serial "file:$work/report.log" -pidfile "$work/qemu.qpid" \
+        >"$work/qemu.log" 2>&1 </dev/null || true; } 2>>"$work/qemu.log" &
     echo $! >"$work/qemu.pid"
 }
 
 stop_qemu() {
-    local pid
+    local pid i
     pid=$(cat "$work/qemu.pid" 2>/dev/null) || return 0
-    kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
-    rm -f "$work/qemu.pid"
+    # qemu itself (its own pid file); the group that waits for it then ends.
+    if [ -s "$work/qemu.qpid" ]; then kill "$(cat "$work/qemu.qpid")" 2>/dev/null || true; fi
+    for i in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    rm -f "$work/qemu.pid" "$work/qemu.qpid"
 }
 
 cleanup() {
