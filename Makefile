@@ -16,7 +16,7 @@ export HOMELAB_BINDIR := $(BINDIR)
 
 BINARIES := shutdown-service inference-service homelab-power-action homelab-exec brainctl brain-coordinator brain-admit
 
-.PHONY: all build install test e2e demo demo-stop bench clean
+.PHONY: all build install test e2e e2e-vm demo demo-stop bench clean
 
 all: build
 
@@ -39,13 +39,19 @@ install: build
 	if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then \
 		systemd-sysusers && systemd-tmpfiles --create && systemctl daemon-reload; fi
 
-# The README's one test command: formatting, lints, unit tests, then the e2e suite on booted systemd.
+# The README's one test command: formatting, lints, unit tests, the e2e suite on booted systemd,
+# then the VM tier.
 test:
 	bash tests/run.sh
 
 # Only the e2e suite (as root); pass FILTER=name to run some cases.
 e2e: build
 	$(CARGO) test --release --locked --test e2e -- $(FILTER)
+
+# Only the VM tier (as root): the experiment cases on a real kernel with cgroup v2, in qemu;
+# FILTER=case names some of tests/vm/cases.sh's cases.
+e2e-vm: build
+	bash tests/vm/vm.sh run $(FILTER)
 
 demo:
 	bash tests/e2e/demo.sh start

@@ -8,6 +8,7 @@
 #   sandbox.sh leader DIR              print the container's PID 1 (as seen from the host)
 #   sandbox.sh exec DIR CMD...         run CMD inside the booted container
 #   sandbox.sh stop DIR                power the container off (kill it if it does not stop), remove NETNS
+#   sandbox.sh packages                print the root file system's package list (a cache key for the VM tier)
 #
 # The host's PID 1 is not systemd, so nspawn runs with --register=no --keep-unit (see shared/SANDBOX.md).
 set -euo pipefail
@@ -147,5 +148,6 @@ case "$cmd" in
     leader) leader "$@" ;;
     exec) exec_in "$@" ;;
     stop) stop "$@" ;;
-    *) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; [ -z "$cmd" ] || exit 2 ;;
+    packages) echo "$SUITE $PACKAGES" ;;
+    *) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; [ -z "$cmd" ] || exit 2 ;;
 esac

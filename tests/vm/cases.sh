@@ -1,0 +1,280 @@
+#!/usr/bin/env bash
+# The VM tier's cases, run inside the VM (homelab-vm-cases.service, after multi-user.target), on
+# cgroup v2: each drives the product with the commands the README gives and measures the kernel's
+# own accounting (memory.events, memory.current, memory.peak, cpu.stat, cpu.max, cgroup.freeze).
+#
+# Report, on the second serial port (a file on the host; tests/vm/vm.sh reads it):
+#   cases NAME...        the cases about to run
+#   ok NAME              passed; `  NAME: ...` lines before it are what it measured
+#   FAILED NAME          failed; `| ...` lines after it: the case's own output, then the journal
+#   summary P F          the end; the VM powers off after it
+set -uo pipefail
+
+LIB=/usr/local/lib/homelab-vm
+DIR=/etc/brain-in-jar/experiments
+TEMP=/run/test-temperature
+COORD=brain-experiment-coordinator.service
+SLICE=brain-experiments.slice
+NCPU=$(nproc)
+
+stty -F /dev/ttyS1 raw -echo 2>/dev/null || true
+exec 3>/dev/ttyS1
+
+fail() { echo "FAIL: $*" >&2; exit 1; }
+# What a case measured: in the report whether it passes or not.
+measured() { echo "  $CASE: $*" >&3; echo "measured: $*" >&2; }
+
+# Waits until "$@" succeeds, at most SECONDS; polls every 0.2 s.
+wait_for() {
+    local desc=$1 secs=$2 deadline
+    shift 2
+    deadline=$(($(date +%s) + secs))
+    until "$@"; do
+        [ "$(date +%s)" -lt "$deadline" ] || fail "timed out after ${secs}s waiting for: $desc"
+        sleep 0.2
+    done
+}
+
+cgroup_of() { echo "/sys/fs/cgroup$(systemctl show -p ControlGroup --value "$1")"; }
+prop() { systemctl show -p "$2" --value "$1"; }
+usage_usec() { awk '$1 == "usage_usec" { print $2 }' "$1/cpu.stat"; }
+# A count from memory.events; 0 before the cgroup exists (the slice appears with its first unit).
+event() { if [ -e "$1/memory.events" ]; then awk -v k="$2" '$1 == k { print $2 }' "$1/memory.events"; else echo 0; fi; }
+# cpu.max; systemd leaves the cpu controller off for a cgroup when no unit below it needs it, and
+# then there is no file and no quota.
+cpu_max() { if [ -e "$1/cpu.max" ]; then cat "$1/cpu.max"; else echo "max 100000"; fi; }
+# "$1 <= $2 <= $3", as decimals.
+between() { awk -v lo="$1" -v x="$2" -v hi="$3" 'BEGIN { exit !(lo <= x && x <= hi) }'; }
+
+# CPU-seconds per second the cgroup $1 used over $2 seconds of wall time (cpu.stat usage_usec).
+cpu_rate() {
+    local cg=$1 secs=$2 u0 u1 t0 t1
+    u0=$(usage_usec "$cg"); t0=$(date +%s%N)
+    sleep "$secs"
+    u1=$(usage_usec "$cg"); t1=$(date +%s%N)
+    awk -v du=$((u1 - u0)) -v dt=$(((t1 - t0) / 1000)) 'BEGIN { printf "%.3f", du / dt }'
+}
+
+# An experiment's .env: ID RAM COMMAND [CPU_QUOTA].
+experiment() {
+    {
+        echo "EXPERIMENT_RAM_LIMIT=$2"
+        echo "EXPERIMENT_COMMAND=$3"
+        [ -z "${4:-}" ] || echo "EXPERIMENT_CPU_QUOTA=$4"
+    } >"$DIR/$1.env"
+}
+
+# Nothing running, no experiments, a cool test temperature, a 1 GB budget.
+reset() {
+    systemctl stop brain-experiment.target 'brain-run-*.service' 'vm-bypass*.service' 2>/dev/null
+    systemctl reset-failed 'brain-experiment@*' 'brain-run-*' 'vm-bypass*' 2>/dev/null
+    systemctl thaw "$SLICE" 2>/dev/null
+    systemctl set-property --runtime "$SLICE" CPUQuota= 2>/dev/null
+    mkdir -p "$DIR"
+    rm -f "$DIR"/*.env /etc/systemd/system/brain-experiment.target.wants/*
+    echo 40000 >"$TEMP"
+    printf '%s\n' MAX_CONCURRENT_EXPERIMENTS=4 TOTAL_RAM_LIMIT_GB=1 THROTTLE_TEMP_CELSIUS=75 \
+        CRITICAL_TEMP_CELSIUS=85 TEMPERATURE_CHECK_INTERVAL_SECONDS=1 "TEMPERATURE_SOURCES=$TEMP" \
+        >/etc/brain-in-jar/coordinator.env
+    systemctl daemon-reload
+    systemctl restart "$COORD"
+}
+
+# --- cases ---------------------------------------------------------------------------------
+
+# Past its EXPERIMENT_RAM_LIMIT the kernel kills it; systemd restarts it; brainctl shows both.
+oom_kill_and_restart() {
+    local u=brain-experiment@oom.service slice_cg ev0 ev1 seen_systemd= seen_brainctl=
+    experiment oom 128M "/usr/bin/python3 $LIB/hog.py 400"
+    systemctl daemon-reload
+    # Before the first start the slice has no cgroup yet: the path ends at /sys/fs/cgroup.
+    slice_cg=/sys/fs/cgroup/none
+    [ "$(prop "$SLICE" ActiveState)" != active ] || slice_cg=$(cgroup_of "$SLICE")
+    ev0=$(event "$slice_cg" oom_kill)
+    systemctl start brain-experiment@oom || fail "systemctl start brain-experiment@oom failed"
+    slice_cg=$(cgroup_of "$SLICE")
+    # The limit in the kernel: the unit's own cgroup (while it runs; it is recreated at each start).
+    unit_limit() { [ "$(cat "$(cgroup_of $u)/memory.max" 2>/dev/null)" = 134217728 ]; }
+    wait_for "memory.max 134217728 in the cgroup of $u" 30 unit_limit
+    # Between a kill and the restart (RestartSec=2s) Result is oom-kill; both views, polled.
+    oom_seen() {
+        if [ "$(prop $u Result)" = oom-kill ] && [ "$(prop $u NRestarts)" -ge 1 ]; then seen_systemd=yes; fi
+        if brainctl status --json oom | jq -e '.result == "oom-kill" and .restarts >= 1' >/dev/null; then
+            seen_brainctl=yes
+        fi
+        [ -n "$seen_systemd" ] && [ -n "$seen_brainctl" ]
+    }
+    wait_for "Result=oom-kill with NRestarts>=1 (systemctl show) and the same in brainctl status --json" 120 oom_seen
+    ev1=$(event "$slice_cg" oom_kill)
+    measured "oom_kill in $SLICE memory.events: $ev0 -> $ev1; NRestarts=$(prop $u NRestarts); brainctl: $(brainctl status --json oom | jq -c '{result, restarts}')"
+    [ $((ev1 - ev0)) -ge 1 ] || fail "memory.events oom_kill did not grow ($ev0 -> $ev1)"
+    journalctl -k --no-pager | grep -q 'oom-kill:.*brain-experiment@oom' ||
+        fail "no kernel oom-kill line for brain-experiment@oom in the kernel log"
+}
+
+# A busy loop at EXPERIMENT_CPU_QUOTA=25% (or brainctl run --cpu 25%) uses 0.25 ± 0.08 CPU.
+quota_holds() {
+    local u=$1 cg rate
+    cg=$(cgroup_of "$u")
+    [ "$(cat "$cg/cpu.max")" = "25000 100000" ] || fail "cpu.max of $u is '$(cat "$cg/cpu.max")', not '25000 100000'"
+    started() { [ "$(usage_usec "$(cgroup_of "$u")")" -gt 200000 ]; }
+    wait_for "the busy loop of $u to run" 30 started
+    rate=$(cpu_rate "$cg" 6)
+    measured "$u: cpu.max $(cat "$cg/cpu.max"), $rate CPU-s/s over 6 s"
+    between 0.17 "$rate" 0.33 || fail "$u used $rate CPU-seconds per second, not 0.25 ± 0.08"
+}
+
+cpu_quota_from_env() {
+    experiment burn 256M "/usr/bin/python3 $LIB/burn.py 1" 25%
+    systemctl daemon-reload
+    systemctl start brain-experiment@burn || fail "systemctl start brain-experiment@burn failed"
+    quota_holds brain-experiment@burn.service
+}
+
+cpu_quota_from_brainctl_run() {
+    brainctl run burnrun --memory 256M --cpu 25% -- /usr/bin/python3 "$LIB/burn.py" 1 ||
+        fail "brainctl run failed"
+    quota_holds brain-run-burnrun.service
+}
+
+# The slice's memory.max is TOTAL_RAM_LIMIT_GB; the kernel holds it even for a unit that bypasses
+# admission, and admission keeps two experiments that would not fit together from running together.
+slice_budget() {
+    local cg ev0 ev1 max peak
+    # The slice's cgroup exists once the slice is started (with its first unit, or now).
+    systemctl start "$SLICE"
+    cg=$(cgroup_of "$SLICE")
+    max=$(cat "$cg/memory.max")
+    measured "TOTAL_RAM_LIMIT_GB=1: $SLICE memory.max $max, MemoryMax $(prop "$SLICE" MemoryMax)"
+    [ "$max" = 1073741824 ] || fail "$SLICE memory.max is $max, not 1073741824 (TOTAL_RAM_LIMIT_GB=1)"
+    # Bypassing the coordinator (systemd-run into the slice, no limit of its own): the kernel stops it.
+    ev0=$(event "$cg" oom_kill)
+    systemd-run --unit=vm-bypass --slice="$SLICE" -p MemoryMax=infinity /usr/bin/python3 "$LIB/hog.py" 1400 ||
+        fail "systemd-run failed"
+    bypass_killed() { [ "$(prop vm-bypass.service Result)" = oom-kill ]; }
+    wait_for "vm-bypass.service (1400 MiB in a 1 GiB slice) to be OOM-killed" 120 bypass_killed
+    ev1=$(event "$cg" oom_kill)
+    peak=$(cat "$cg/memory.peak")
+    measured "bypassing unit: Result=oom-kill, slice oom_kill $ev0 -> $ev1, slice memory.peak $peak"
+    [ $((ev1 - ev0)) -ge 1 ] || fail "the slice's memory.events oom_kill did not grow ($ev0 -> $ev1)"
+    [ "$peak" -le "$max" ] || fail "the slice's memory.peak $peak is above its memory.max $max"
+    systemctl reset-failed vm-bypass.service
+    # Two experiments of 768M, each holding 700 MiB: together past the budget, so one waits.
+    experiment big1 768M "/usr/bin/python3 $LIB/hog.py 700"
+    experiment big2 768M "/usr/bin/python3 $LIB/hog.py 700"
+    systemctl daemon-reload
+    systemctl start brain-experiment@big1 || fail "start big1 failed"
+    holding() { [ "$(cat "$(cgroup_of "brain-experiment@$1.service")/memory.current" 2>/dev/null || echo 0)" -ge $((700 << 20)) ]; }
+    wait_for "big1 to hold 700 MiB" 120 holding big1
+    systemctl start brain-experiment@big2 || fail "start big2 failed"
+    local status
+    status=$(prop brain-experiment@big2.service StatusText)
+    measured "big1 holds $(cat "$(cgroup_of brain-experiment@big1.service)/memory.current") bytes; big2: $status"
+    case "$status" in queued*TOTAL_RAM_LIMIT_GB*) ;; *) fail "big2 is not queued for RAM: '$status'" ;; esac
+    # Over a few seconds the slice stays within its budget and nothing is killed.
+    ev0=$(event "$cg" oom_kill)
+    local i cur
+    for i in $(seq 1 10); do
+        cur=$(cat "$cg/memory.current")
+        [ "$cur" -le "$max" ] || fail "slice memory.current $cur above memory.max $max"
+        sleep 0.3
+    done
+    [ "$(event "$cg" oom_kill)" = "$ev0" ] || fail "an experiment was OOM-killed while the other waited"
+    systemctl stop brain-experiment@big1
+    wait_for "big2 to be admitted and hold 700 MiB once big1 stopped" 120 holding big2
+    measured "after big1 stopped: big2 holds $(cat "$(cgroup_of brain-experiment@big2.service)/memory.current") bytes, slice memory.peak $(cat "$cg/memory.peak") <= $max"
+    [ "$(cat "$cg/memory.peak")" -le "$max" ] || fail "slice memory.peak above memory.max"
+}
+
+# Throttle: the slice's cpu.max is half the CPUs and a busy experiment drops to it; critical: the
+# slice is frozen and the CPU time stops; cooler again: both recover.
+heat_throttles_and_freezes() {
+    local u=brain-experiment@hot.service cg slice_cg rate u0 u1 want
+    experiment hot 256M "/usr/bin/python3 $LIB/burn.py $NCPU"
+    systemctl daemon-reload
+    systemctl start brain-experiment@hot || fail "start hot failed"
+    cg=$(cgroup_of $u)
+    slice_cg=$(cgroup_of "$SLICE")
+    running_all() { [ "$(usage_usec "$cg")" -gt 500000 ]; }
+    wait_for "the busy loop to run" 30 running_all
+    rate=$(cpu_rate "$cg" 5)
+    measured "normal: slice cpu.max '$(cpu_max "$slice_cg")', $rate CPU-s/s with $NCPU busy processes"
+    between $((NCPU * 60 / 100)).0 "$rate" "$NCPU.2" || fail "unthrottled, $rate CPU-s/s with $NCPU busy processes"
+    want="$((NCPU * 50000)) 100000"
+    echo 76000 >"$TEMP"
+    throttled() { [ "$(cpu_max "$slice_cg")" = "$want" ]; }
+    wait_for "slice cpu.max '$want' at 76 °C" 30 throttled
+    sleep 1 # one period of the new quota before the measurement window
+    rate=$(cpu_rate "$cg" 5)
+    measured "76 °C: slice cpu.max '$(cpu_max "$slice_cg")', CPUQuotaPerSecUSec $(prop "$SLICE" CPUQuotaPerSecUSec), $rate CPU-s/s"
+    between "$(awk -v n="$NCPU" 'BEGIN { print n * 0.5 - 0.15 }')" "$rate" "$(awk -v n="$NCPU" 'BEGIN { print n * 0.5 + 0.1 }')" ||
+        fail "throttled, $rate CPU-s/s, not $NCPU × 0.5"
+    echo 90000 >"$TEMP"
+    frozen() { [ "$(cat "$slice_cg/cgroup.freeze")" = 1 ] && grep -qx 'frozen 1' "$slice_cg/cgroup.events"; }
+    wait_for "the slice frozen at 90 °C (cgroup.freeze 1, cgroup.events frozen 1)" 30 frozen
+    u0=$(usage_usec "$cg"); sleep 3; u1=$(usage_usec "$cg")
+    measured "90 °C: cgroup.freeze $(cat "$slice_cg/cgroup.freeze"), usage_usec +$((u1 - u0)) in 3 s"
+    [ $((u1 - u0)) -lt 20000 ] || fail "frozen, yet the busy loop used $((u1 - u0)) µs in 3 s"
+    echo 78000 >"$TEMP"
+    thawed_throttled() { [ "$(cat "$slice_cg/cgroup.freeze")" = 0 ] && [ "$(cpu_max "$slice_cg")" = "$want" ]; }
+    wait_for "thawed and still throttled at 78 °C" 30 thawed_throttled
+    sleep 1
+    rate=$(cpu_rate "$cg" 5)
+    measured "78 °C: cgroup.freeze 0, cpu.max '$(cpu_max "$slice_cg")', $rate CPU-s/s"
+    between "$(awk -v n="$NCPU" 'BEGIN { print n * 0.5 - 0.15 }')" "$rate" "$(awk -v n="$NCPU" 'BEGIN { print n * 0.5 + 0.1 }')" ||
+        fail "thawed and throttled, $rate CPU-s/s"
+    echo 60000 >"$TEMP"
+    normal() { [ "$(cpu_max "$slice_cg")" = "max 100000" ]; }
+    wait_for "slice cpu.max 'max 100000' at 60 °C" 30 normal
+    sleep 1
+    rate=$(cpu_rate "$cg" 5)
+    measured "60 °C: cpu.max '$(cpu_max "$slice_cg")', $rate CPU-s/s"
+    between $((NCPU * 60 / 100)).0 "$rate" "$NCPU.2" || fail "recovered, yet $rate CPU-s/s"
+}
+
+# brainctl status and systemctl status show the cgroup's own memory figures (within 10 %).
+memory_in_status() {
+    local u=brain-experiment@mem.service cg json cur peak b_cur b_peak line shown
+    experiment mem 512M "/usr/bin/python3 $LIB/hog.py 200"
+    systemctl daemon-reload
+    systemctl start brain-experiment@mem || fail "start mem failed"
+    cg=$(cgroup_of $u)
+    holding() { [ "$(cat "$cg/memory.current")" -ge $((200 << 20)) ]; }
+    wait_for "mem to hold 200 MiB" 60 holding
+    json=$(brainctl status --json mem)
+    cur=$(cat "$cg/memory.current"); peak=$(cat "$cg/memory.peak")
+    b_cur=$(jq -r .memory_current <<<"$json"); b_peak=$(jq -r .memory_peak <<<"$json")
+    measured "cgroup memory.current $cur memory.peak $peak; brainctl memory_current $b_cur memory_peak $b_peak"
+    within() { awk -v a="$1" -v b="$2" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(b > 0 && d <= b / 10) }'; }
+    within "$b_cur" "$cur" || fail "brainctl memory_current $b_cur is not within 10 % of memory.current $cur"
+    within "$b_peak" "$peak" || fail "brainctl memory_peak $b_peak is not within 10 % of memory.peak $peak"
+    line=$(systemctl status --no-pager $u | grep -E '^ *Memory: ') || fail "systemctl status shows no Memory: line"
+    shown=$(sed -E 's/^ *Memory: ([0-9.]+)([KMG]).*/\1 \2/' <<<"$line" |
+        awk '{ m = ($2 == "K") ? 1024 : ($2 == "M") ? 1048576 : 1073741824; printf "%d", $1 * m }')
+    measured "systemctl status: '$(sed 's/^ *//' <<<"$line")'"
+    within "$shown" "$cur" || fail "systemctl status shows $shown bytes, memory.current is $cur"
+}
+
+CASES=(oom_kill_and_restart cpu_quota_from_env cpu_quota_from_brainctl_run slice_budget
+    heat_throttles_and_freezes memory_in_status)
+[ $# -eq 0 ] || CASES=("$@")
+
+echo "cases ${CASES[*]}" >&3
+passed=0 failed=0
+for CASE in "${CASES[@]}"; do
+    log=/run/vm-case-$CASE.log
+    reset >"$log" 2>&1
+    (set -e; "$CASE") >>"$log" 2>&1
+    if [ $? -eq 0 ]; then
+        echo "ok $CASE" >&3
+        passed=$((passed + 1))
+    else
+        echo "FAILED $CASE" >&3
+        sed 's/^/| /' "$log" >&3
+        echo "| --- the journal's last 200 lines ---" >&3
+        journalctl --no-pager -o short-monotonic -n 200 | sed 's/^/| /' >&3
+        failed=$((failed + 1))
+    fi
+done
+reset >/dev/null 2>&1
+echo "summary $passed $failed" >&3
