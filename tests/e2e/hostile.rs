@@ -332,8 +332,13 @@ fn a_socket_restricted_to_one_address(s: &Sandbox) -> Result<()> {
         s.dir.join("root/listen.conf"),
         "[Socket]\nListenStream=\nListenStream=127.0.0.2:5001\n",
     )?;
-    // `systemctl edit` as the README says, the "editor" writing the file; it wants a terminal.
-    s.ok("SYSTEMD_EDITOR='cp /root/listen.conf' script -qec 'systemctl edit shutdown-service.socket' /dev/null")?;
+    // `systemctl edit` as the README says, the "editor" writing the file it is given last
+    // (systemd 257 may pass a cursor position before it); systemctl wants a terminal.
+    std::fs::write(
+        s.dir.join("root/put-listen"),
+        "#!/bin/sh\nfor f; do :; done\ncat /root/listen.conf > \"$f\"\n",
+    )?;
+    s.ok("chmod 755 /root/put-listen && SYSTEMD_EDITOR=/root/put-listen script -qec 'systemctl edit shutdown-service.socket' /dev/null")?;
     s.ok("systemctl restart shutdown-service.socket")?;
     ensure_eq!(
         s.prop("shutdown-service.socket", "Listen")?,
