@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Benchmarks for the experiments (issue 5), in a booted sandbox; figures go to benches/README.md.
+# Benchmarks for the experiments, in a booted sandbox; figures go to benches/README.md.
 #  (a) `brainctl status --json` with 200 experiment units loaded, median of 20 runs, beside the
 #      same status gathered the original's way: one `systemctl show` per unit, in the same run;
 #  (b) `brainctl run` launch latency beside `systemd-run` with the same properties (both wait for

@@ -1,4 +1,4 @@
-//! `/etc/brain-in-jar/coordinator.env`: the seed's keys and defaults, validated at start.
+//! `/etc/brain-in-jar/coordinator.env`: the original coordinator's keys and defaults, validated at start.
 
 use std::path::{Path, PathBuf};
 

@@ -13,7 +13,7 @@ pub const SLICE: &str = "brain-experiments.slice";
 pub const TRANSIENT_PREFIX: &str = "brain-run-";
 pub const TRANSIENT_PATTERN: &str = "brain-run-*.service";
 pub const ID_MAX: usize = 64;
-/// The seed's default when EXPERIMENT_RAM_LIMIT is not set (`${EXPERIMENT_RAM_LIMIT:-4G}`).
+/// The original unit's default when EXPERIMENT_RAM_LIMIT is not set (`${EXPERIMENT_RAM_LIMIT:-4G}`).
 pub const DEFAULT_RAM: u64 = 4 << 30;
 
 /// NVIDIA (desktop and Jetson) device nodes an experiment with `EXPERIMENT_GPU=yes` may use.

@@ -1,4 +1,4 @@
-//! `ExperimentManager`: the seed's Python `SystemdManager`, over D-Bus instead of `sudo systemctl`.
+//! `ExperimentManager`: the original Python `SystemdManager`'s calls, over D-Bus instead of `sudo systemctl`.
 
 use super::config::{
     self, EXPERIMENTS_DIR, Experiment, TARGET, TEMPLATE_PATTERN, TRANSIENT_PATTERN,

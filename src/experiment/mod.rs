@@ -1,5 +1,5 @@
 //! Experiments: `brain-experiment@.service` instances with limits from their `.env` files, and
-//! transient `brain-run-<id>.service` units, managed over D-Bus (the seed's `SystemdManager`).
+//! transient `brain-run-<id>.service` units, managed over D-Bus (the original's `SystemdManager`).
 
 pub mod config;
 pub mod manager;

@@ -1,4 +1,4 @@
-//! Issue 6: the coordinator's admission control, RAM budget and thermal policy on a booted systemd.
+//! The coordinator's admission control, RAM budget and thermal policy on a booted systemd.
 
 use crate::ensure_eq;
 use crate::harness::{Group, Sandbox, holds_for, wait_for};

@@ -1,4 +1,4 @@
-//! Issue 5: experiments as template units with limits from their .env files, the target, the
+//! Experiments as template units with limits from their .env files, the target, the
 //! generator, the transient launcher and brainctl, on a booted systemd.
 
 use crate::ensure_eq;
@@ -483,7 +483,7 @@ fn enable_and_disable_decide_what_boots(s: &Sandbox) -> Result<()> {
     Ok(())
 }
 
-/// The seeds' quickstart: edit the .env, `systemctl restart`: the new limits and command apply,
+/// The original quickstart: edit the .env, `systemctl restart`: the new limits and command apply,
 /// with no daemon-reload.
 fn an_edited_env_applies_at_the_next_restart(s: &Sandbox) -> Result<()> {
     setup(s)?;

@@ -1,4 +1,4 @@
-//! Issue 4 (in part): the inference service's model management on a booted systemd.
+//! The inference service's model management on a booted systemd.
 
 use crate::ensure_eq;
 use crate::harness::{Group, Reply, Sandbox, wait_for};

@@ -1,4 +1,4 @@
-//! Issue 2: the socket-activated core on a booted systemd.
+//! The socket-activated core on a booted systemd.
 
 use crate::ensure_eq;
 use crate::harness::{Group, Sandbox, wait_for};

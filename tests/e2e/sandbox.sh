@@ -9,15 +9,20 @@
 #   sandbox.sh exec DIR CMD...         run CMD inside the booted container
 #   sandbox.sh stop DIR                power the container off (kill it if it does not stop), remove NETNS
 #   sandbox.sh packages                print the root file system's package list (a cache key for the VM tier)
+#   sandbox.sh rootfs-path             build the cached root file system if needed, print where it is
 #
-# The host's PID 1 is not systemd, so nspawn runs with --register=no --keep-unit (see shared/SANDBOX.md).
+# The host's PID 1 is not systemd, so nspawn runs with --register=no --keep-unit (it has no
+# machined to register with and no unit of its own to move into).
 set -euo pipefail
 
 SUITE=${HOMELAB_SUITE:-bookworm}
 CACHE=${HOMELAB_CACHE:-/var/cache/homelab-e2e}
-ROOTFS="$CACHE/rootfs-$SUITE"
+# How the root file system is made, beyond the package list; bump it when rootfs() changes.
+RECIPE=1
 PACKAGES=systemd,systemd-sysv,libpam-systemd,dbus,polkitd,pkexec,logrotate,curl,procps,iproute2,python3-minimal
 here=$(cd "$(dirname "$0")" && pwd)
+# Keyed by what goes into it, so that a changed package list builds a new one.
+ROOTFS="$CACHE/rootfs-$SUITE-$(printf '%s\n' "$SUITE" "$PACKAGES" "$RECIPE" | sha256sum | cut -c1-12)"
 top=$(cd "$here/../.." && pwd)
 
 die() { echo "sandbox: $*" >&2; exit 1; }
@@ -62,6 +67,8 @@ rootfs() {
     systemd-machine-id-setup --root="$ROOTFS.tmp" >/dev/null 2>&1 || true
     echo homelab-sandbox >"$ROOTFS.tmp/etc/hostname"
     touch "$ROOTFS.tmp/.complete"
+    # Older builds of this suite (another package list) are of no more use.
+    find "$CACHE" -maxdepth 1 -name "rootfs-$SUITE*" ! -name "$(basename "$ROOTFS").tmp" -exec rm -rf {} +
     rm -rf "$ROOTFS"
     mv "$ROOTFS.tmp" "$ROOTFS"
 }
@@ -149,5 +156,6 @@ case "$cmd" in
     exec) exec_in "$@" ;;
     stop) stop "$@" ;;
     packages) echo "$SUITE $PACKAGES" ;;
-    *) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; [ -z "$cmd" ] || exit 2 ;;
+    rootfs-path) rootfs; echo "$ROOTFS" ;;
+    *) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; [ -z "$cmd" ] || exit 2 ;;
 esac

@@ -43,7 +43,7 @@ prereqs() {
 
 base_dir() {
     local key
-    key=$( { bash "$SANDBOX" packages; echo "$VM_PACKAGES"; echo "$RECIPE"; } | sha256sum | cut -c1-12)
+    key=$( { HOMELAB_SUITE=bookworm bash "$SANDBOX" packages; echo "$VM_PACKAGES"; echo "$RECIPE"; } | sha256sum | cut -c1-12)
     echo "$CACHE/vm-bookworm-$key"
 }
 
@@ -52,7 +52,8 @@ image() {
     base=$(base_dir)
     [ -e "$base/.complete" ] && { echo "$base"; return 0; }
     prereqs
-    bash "$SANDBOX" rootfs
+    local rootfs
+    rootfs=$(HOMELAB_SUITE=bookworm bash "$SANDBOX" rootfs-path)
     mkdir -p "$CACHE"
     exec 8>"$CACHE/.vm-lock"
     flock 8
@@ -60,7 +61,7 @@ image() {
     rm -rf "$base.tmp"
     mkdir -p "$base.tmp"
     log "building the VM base in $base (a few minutes, once)"
-    cp -a --reflink=auto "$CACHE/rootfs-bookworm" "$base.tmp/tree"
+    cp -a --reflink=auto "$rootfs" "$base.tmp/tree"
     rm -f "$base.tmp/tree/.complete"
     # The packages, installed by the image's own apt (the host's mirror, as debootstrap had).
     systemd-nspawn -q -D "$base.tmp/tree" --register=no --keep-unit --resolv-conf=replace-host \
