@@ -127,6 +127,17 @@ fn state_snapshot(s: &Sandbox) -> Result<String> {
     s.ok(&format!("cat {STATE_FILE} 2>/dev/null || echo missing"))
 }
 
+/// As user abc (who owns it), replaces the state file by what `make` makes: `what` names it.
+fn replace_state_as_abc(s: &Sandbox, what: &str, make: &str) -> Result<()> {
+    let out = s.as_user("abc", &format!("rm -f {STATE_FILE} && {make} && echo made"))?;
+    ensure!(
+        String::from_utf8_lossy(&out.stdout).contains("made"),
+        "could not make {what} as abc: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
 fn clear_schedules(s: &Sandbox) -> Result<()> {
     s.ok("systemctl stop 'homelab-shutdown@*.timer' 'homelab-reboot@*.timer'")?;
     ensure!(listed_timers(s)?.is_empty(), "timers left after clearing");
@@ -666,12 +677,7 @@ fn hostile_state_files_answer_at_once_and_echo_nothing(s: &Sandbox) -> Result<()
             format!("head -c 70000 /dev/zero | tr '\\0' ' ' > {STATE_FILE}"),
         ),
     ] {
-        let out = s.as_user("abc", &format!("rm -f {STATE_FILE} && {make} && echo made"))?;
-        ensure!(
-            String::from_utf8_lossy(&out.stdout).contains("made"),
-            "could not make {what} as abc: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        replace_state_as_abc(s, what, &make)?;
         let t = std::time::Instant::now();
         ensure_eq!(
             s.get(":5001/shutdown/status")?.expect(200)?["has_shutdown"],
@@ -1015,12 +1021,7 @@ fn boot_completes_whatever_the_state_file(s: &Sandbox) -> Result<()> {
             format!("printf 'not json at all' > {STATE_FILE}"),
         ),
     ] {
-        let out = s.as_user("abc", &format!("rm -f {STATE_FILE} && {make} && echo made"))?;
-        ensure!(
-            String::from_utf8_lossy(&out.stdout).contains("made"),
-            "could not make {what} as abc: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        replace_state_as_abc(s, what, &make)?;
         s.stop();
         ensure!(s.is_down(), "the container did not stop");
         let t = std::time::Instant::now();
