@@ -138,6 +138,16 @@ fn replace_state_as_abc(s: &Sandbox, what: &str, make: &str) -> Result<()> {
     Ok(())
 }
 
+/// Schedules a recurring reboot at `calendar` over HTTP; its timer unit.
+fn schedule_recurring_reboot(s: &Sandbox, calendar: &str) -> Result<String> {
+    let body = format!(r#"{{"calendar":"{calendar}","action":"reboot"}}"#);
+    let reply = send(s, "POST", "/shutdown/schedule", &body)?;
+    Ok(reply.expect(200)?["unit"]
+        .as_str()
+        .context("unit")?
+        .to_string())
+}
+
 fn clear_schedules(s: &Sandbox) -> Result<()> {
     s.ok("systemctl stop 'homelab-shutdown@*.timer' 'homelab-reboot@*.timer'")?;
     ensure!(listed_timers(s)?.is_empty(), "timers left after clearing");
@@ -864,16 +874,7 @@ fn a_schedule_powers_the_machine_off_whatever_the_state_file(s: &Sandbox) -> Res
 
 fn recurring_survive_reboot_passed_one_offs_do_not_fire(s: &Sandbox) -> Result<()> {
     clear_schedules(s)?;
-    let recurring = send(
-        s,
-        "POST",
-        "/shutdown/schedule",
-        r#"{"calendar":"*-*-* 03:00","action":"reboot"}"#,
-    )?;
-    let recurring_unit = recurring.expect(200)?["unit"]
-        .as_str()
-        .context("unit")?
-        .to_string();
+    let recurring_unit = schedule_recurring_reboot(s, "*-*-* 03:00")?;
     let at = chrono::Local::now() + chrono::Duration::seconds(8);
     let one_off = send(
         s,
@@ -930,16 +931,7 @@ fn previous_boot_rebooted(s: &Sandbox) -> Result<bool> {
 /// reboots (not powers off), and a recurring reboot schedule is still there after it.
 fn a_reboot_schedule_reboots_while_a_client_polls_status(s: &Sandbox) -> Result<()> {
     clear_schedules(s)?;
-    let recurring = send(
-        s,
-        "POST",
-        "/shutdown/schedule",
-        r#"{"calendar":"*-*-* 04:00","action":"reboot"}"#,
-    )?;
-    let recurring_unit = recurring.expect(200)?["unit"]
-        .as_str()
-        .context("unit")?
-        .to_string();
+    let recurring_unit = schedule_recurring_reboot(s, "*-*-* 04:00")?;
     ensure!(
         recurring_unit.starts_with("homelab-reboot@"),
         "{recurring_unit}"
