@@ -16,7 +16,7 @@ export HOMELAB_BINDIR := $(BINDIR)
 
 BINARIES := shutdown-service inference-service homelab-power-action homelab-exec brainctl brain-coordinator brain-admit
 
-.PHONY: all build install test e2e e2e-vm demo demo-stop bench clean
+.PHONY: all build install test e2e e2e-vm demo demo-stop bench bench-original clean
 
 all: build
 
@@ -62,6 +62,11 @@ demo-stop:
 bench:
 	bash benches/run.sh
 	bash benches/experiments.sh
+
+# Our read endpoints beside the original Python services (as root); HOMELAB_ORIGINAL names a
+# checkout of TheGreatGooo/HomeLabSmith at fc4de87 (benches/README.md says how to get one).
+bench-original:
+	bash benches/original.sh
 
 clean:
 	$(CARGO) clean

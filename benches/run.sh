@@ -14,32 +14,11 @@ NS=homelab-bench
 RUNS=${BENCH_RUNS:-20}
 UNITDIR=$DIR/etc/systemd/system
 
-die() { printf '\nbench: FAILED: %s\n' "$*" >&2; exit 1; }
-step() { printf '\n==> %s\n' "$*" >&2; }
-sandbox() { bash tests/e2e/sandbox.sh "$@"; }
-inside() { sandbox exec "$DIR" "$@"; }
-net() { ip netns exec "$NS" "$@"; }
-cleanup() { sandbox stop "$DIR" >/dev/null 2>&1 || true; rm -rf "$DIR" "$DIR.console"; }
+NAME=bench
+# shellcheck source=benches/lib.sh
+. benches/lib.sh
 # Milliseconds "median min max" of the seconds given one per line.
 stats() { sort -g | awk '{a[NR]=$1*1000} END {printf "%.2f %.2f %.2f\n", NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2, a[1], a[NR]}'; }
-# Percent of the host's CPU busy over $1 seconds (default 1).
-cpu_busy() {
-    local a b
-    a=$(head -n1 /proc/stat); sleep "${1:-1}"; b=$(head -n1 /proc/stat)
-    printf '%s\n%s\n' "$a" "$b" | awk '{for (f = 2; f <= NF; f++) t[NR] += $f; i[NR] = $5 + $6}
-        END {printf "%d", 100 - 100 * (i[2] - i[1]) / (t[2] - t[1])}'
-}
-# Other work on these 2 cores skews every figure: before a phase wait (up to 5 minutes) for 3 quiet
-# seconds, after it look again; both go into the report.
-busy_log=
-quiet() {
-    local busy i
-    for i in $(seq 1 100); do busy=$(cpu_busy 3); [ "$busy" -le 10 ] && break; done
-    [ "$busy" -le 10 ] || echo "bench: WARNING: the host is busy ($busy% CPU) before $1: figures will be skewed" >&2
-    busy_log+="${busy_log:+, }$1 $busy%"
-}
-after() { busy_log+="/$(cpu_busy)%"; }
-pid_of() { inside systemctl show -p MainPID --value "$1"; }
 # "VmRSS RssAnon RssFile" in kB of a process inside.
 rss_kb() { inside awk '/^(VmRSS|RssAnon|RssFile):/ {printf "%s ", $2} END {print ""}' "/proc/$1/status"; }
 # Sets Environment=HOMELAB_IDLE_TIMEOUT for shutdown-service and reloads.

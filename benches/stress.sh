@@ -17,12 +17,9 @@ NS=homelab-stress
 SECONDS_PER_ATTACK=${STRESS_SECONDS:-15}
 UNITDIR=$DIR/etc/systemd/system
 
-die() { printf '\nstress: FAILED: %s\n' "$*" >&2; exit 1; }
-step() { printf '\n==> %s\n' "$*" >&2; }
-sandbox() { bash tests/e2e/sandbox.sh "$@"; }
-inside() { sandbox exec "$DIR" "$@"; }
-cleanup() { sandbox stop "$DIR" >/dev/null 2>&1 || true; rm -rf "$DIR" "$DIR.console"; }
-pid_of() { inside systemctl show -p MainPID --value "$1"; }
+NAME=stress
+# shellcheck source=benches/lib.sh
+. benches/lib.sh
 hostile() { inside timeout 120 python3 /root/hostile.py "$@"; }
 # The value of key $1 in the key=value lines on stdin.
 val() { awk -F= -v k="$1" '$1 == k {print $2}'; }
