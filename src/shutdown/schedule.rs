@@ -107,11 +107,6 @@ pub fn parse_unit(unit: &str) -> Option<(String, Action)> {
         })
 }
 
-/// The calendar expression of a timer unit of ours.
-pub fn calendar_of(unit: &str) -> Option<String> {
-    parse_unit(unit).map(|(calendar, _)| calendar)
-}
-
 /// Validates a request body. Exactly one of `minutes`, `at`, `calendar` (none: `default_minutes`).
 /// `calendar` is only checked for shape here; systemd's parser has the last word.
 pub fn parse_request(
@@ -559,11 +554,10 @@ mod tests {
             for action in [Action::Poweroff, Action::Reboot] {
                 let unit = timer_unit(cal, action).unwrap();
                 assert_eq!(parse_unit(&unit), Some((cal.to_string(), action)));
-                assert_eq!(calendar_of(&unit).as_deref(), Some(cal));
             }
         }
-        assert_eq!(calendar_of("model@x.service"), None);
-        assert_eq!(calendar_of("homelab-poweroff@x.service"), None);
+        assert_eq!(parse_unit("model@x.service"), None);
+        assert_eq!(parse_unit("homelab-poweroff@x.service"), None);
     }
 
     #[test]
