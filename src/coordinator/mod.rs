@@ -32,7 +32,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Write;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant, SystemTime};
 
 pub const SOCKET: &str = "/run/brain-in-jar/admission.sock";
@@ -133,7 +134,10 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
             }
         }
     });
-    watch_units(tx)?;
+    // Set when a unit's change could not be queued (the channel was full): every reading may
+    // be stale then.
+    let missed = Arc::new(AtomicBool::new(false));
+    watch_units(tx, missed.clone())?;
 
     let mut c = Coordinator {
         config_path: config_path.to_path_buf(),
@@ -188,6 +192,9 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
                 Event::Reload => c.reload(),
             }
             dirty = true;
+        }
+        if missed.swap(false, Ordering::SeqCst) {
+            c.memory.clear();
         }
         if Instant::now() >= next_check {
             dirty |= c.check_temperature();
@@ -262,7 +269,7 @@ fn identify(stream: &UnixStream) -> Result<(String, u32), String> {
 }
 
 /// Subscribes to systemd's signals and turns state changes of experiment units into events.
-fn watch_units(tx: mpsc::SyncSender<Event>) -> anyhow::Result<()> {
+fn watch_units(tx: mpsc::SyncSender<Event>, missed: Arc<AtomicBool>) -> anyhow::Result<()> {
     let bus = dbus::system_bus()?;
     dbus::manager()?.subscribe().map_err(SystemdError::from)?;
     let rule = zbus::MatchRule::builder()
@@ -280,16 +287,13 @@ fn watch_units(tx: mpsc::SyncSender<Event>) -> anyhow::Result<()> {
                 continue;
             };
             let unit = crate::systemd::escape::unit_of_object_path(path.as_str());
-            // A full channel already holds an event that makes the loop evaluate; the unit's
-            // reading must go all the same, so it is sent waiting (the loop drains the channel
-            // at once).
+            // Never a blocking send: this thread must keep reading the bus, or zbus stops
+            // receiving (method replies too) once its queue fills. A full channel already holds
+            // an event that makes the loop evaluate; the unit's name is lost, so `missed` makes
+            // the loop forget every reading.
             match tx.try_send(Event::Changed(unit)) {
                 Ok(()) => {}
-                Err(mpsc::TrySendError::Full(ev)) => {
-                    if tx.send(ev).is_err() {
-                        return;
-                    }
-                }
+                Err(mpsc::TrySendError::Full(_)) => missed.store(true, Ordering::SeqCst),
                 Err(mpsc::TrySendError::Disconnected(_)) => return,
             }
         }
