@@ -12,6 +12,7 @@ pub mod http;
 pub mod inference;
 pub mod log;
 pub mod shutdown;
+pub mod signals;
 pub mod statefile;
 pub mod systemd;
 pub mod time;

@@ -10,12 +10,24 @@ use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-/// The first folder of `$STATE_DIRECTORY` (set by systemd for `StateDirectory=`), else `default`.
+/// The folder of `$STATE_DIRECTORY` (set by systemd for `StateDirectory=`), else `default`.
 pub fn state_dir(default: &str) -> PathBuf {
-    std::env::var_os("STATE_DIRECTORY")
-        .and_then(|d| d.to_string_lossy().split(':').next().map(PathBuf::from))
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or_else(|| PathBuf::from(default))
+    pick_state_dir(std::env::var_os("STATE_DIRECTORY"), default)
+}
+
+/// [`state_dir`] from the value of `STATE_DIRECTORY`: a unit with several `StateDirectory=`
+/// names gets them all, `:`-separated; the one named like `default`'s last component wins, else
+/// the first.
+fn pick_state_dir(var: Option<std::ffi::OsString>, default: &str) -> PathBuf {
+    let var = var
+        .map(|v| v.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let dirs: Vec<&str> = var.split(':').filter(|d| !d.is_empty()).collect();
+    let name = Path::new(default).file_name();
+    dirs.iter()
+        .find(|d| Path::new(d).file_name() == name)
+        .or(dirs.first())
+        .map_or_else(|| PathBuf::from(default), PathBuf::from)
 }
 
 /// Largest state file [`load`] reads; a bigger one is treated as corrupt.
@@ -187,6 +199,28 @@ mod tests {
         let _ = fs::remove_dir_all(&d);
         fs::create_dir_all(&d).unwrap();
         d
+    }
+
+    #[test]
+    fn the_state_directory_named_like_the_default_wins() {
+        let var = |v: &str| Some(std::ffi::OsString::from(v));
+        let both = var("/var/lib/inference-service:/var/lib/shutdown-service");
+        assert_eq!(
+            pick_state_dir(both.clone(), "/var/lib/shutdown-service"),
+            PathBuf::from("/var/lib/shutdown-service")
+        );
+        assert_eq!(
+            pick_state_dir(both, "/var/lib/inference-service"),
+            PathBuf::from("/var/lib/inference-service")
+        );
+        assert_eq!(
+            pick_state_dir(var("/tmp/x"), "/var/lib/shutdown-service"),
+            PathBuf::from("/tmp/x")
+        );
+        assert_eq!(
+            pick_state_dir(None, "/var/lib/shutdown-service"),
+            PathBuf::from("/var/lib/shutdown-service")
+        );
     }
 
     #[test]

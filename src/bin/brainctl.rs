@@ -85,7 +85,9 @@ fn parse_cpu(s: &str) -> Result<u32, String> {
 
 fn main() -> ExitCode {
     // `brainctl status --json | head` must end quietly, as other Unix tools do, instead of
-    // panicking on the closed pipe: the default SIGPIPE action ends the process.
+    // panicking on the closed pipe: this restores the default SIGPIPE action (ending the
+    // process), which the Rust runtime had set to "ignore". It handles no signal, so it is not
+    // one of the signals `homelab::signals` takes.
     // SAFETY: no other thread runs yet, and SIG_DFL installs no handler code.
     let _ = unsafe {
         nix::sys::signal::signal(
@@ -159,7 +161,7 @@ fn main() -> ExitCode {
             eprintln!("brainctl: {e}");
             ExitCode::from(match e {
                 ManagerError::Systemd(_) => 1,
-                ManagerError::InvalidId(_) => 2,
+                ManagerError::InvalidId(_) | ManagerError::Invalid(_) => 2,
                 ManagerError::Unknown(_) => 3,
                 ManagerError::Denied(_) => 4,
             })

@@ -46,15 +46,7 @@ fn main() -> ExitCode {
     })
 }
 
-/// The unit we run in (from `/proc/self/cgroup`), for the log line; "a schedule" when unknown.
+/// The unit we run in (from our cgroup), for the log line; "a schedule" when unknown.
 fn own_unit() -> String {
-    std::fs::read_to_string("/proc/self/cgroup")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .filter_map(|l| l.rsplit('/').next())
-                .find(|u| u.ends_with(".service"))
-                .map(str::to_string)
-        })
-        .unwrap_or_else(|| "a schedule".into())
+    homelab::systemd::procfs::unit_of_pid(std::process::id()).unwrap_or_else(|| "a schedule".into())
 }

@@ -116,7 +116,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_seeds_file_and_defaults() {
+    fn the_original_values_are_the_defaults() {
         let c = Config::parse("MAX_CONCURRENT_EXPERIMENTS=4\nTOTAL_RAM_LIMIT_GB=48\nTHROTTLE_TEMP_CELSIUS=75\nCRITICAL_TEMP_CELSIUS=85\n").unwrap();
         assert_eq!(c, Config::default());
         let c = Config::parse("TOTAL_RAM_LIMIT_GB=2\nTEMPERATURE_SOURCES=/run/t1 /run/t2\nTEMPERATURE_CHECK_INTERVAL_SECONDS=1\n").unwrap();

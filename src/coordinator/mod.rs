@@ -1,7 +1,10 @@
 //! The experiment coordinator: admission control (concurrency, RAM budget), thermal policy and
-//! shutdown awareness. systemd is the source of truth, so a restart of the coordinator loses
-//! nothing: what runs is what systemd runs, and the queue is the gates that wait, in the order
-//! their processes started.
+//! shutdown awareness. systemd is the source of truth and nothing is kept on disk: what runs is
+//! what systemd runs, and the queue is the gates that wait, ordered by when their processes
+//! started, so the order survives a restart; what this process keeps in memory (connections,
+//! the status line each gate was told, `MemoryMax` readings) is rebuilt after one (README,
+//! "Across a restart of the coordinator", says what is not promised). The decisions are pure, in
+//! [`policy`]; this module does their I/O.
 //!
 //! Mechanism: every experiment unit runs `brain-admit` as its main process (`Type=notify`). The
 //! gate connects to `/run/brain-in-jar/admission.sock` (socket-activated, so it is held while the
@@ -21,17 +24,17 @@ use crate::experiment::config::{
     self as experiments, EXPERIMENTS_DIR, Experiment, SLICE, TEMPLATE_PATTERN, TRANSIENT_PATTERN,
 };
 use crate::systemd::dbus::{self, SystemdError, UnitStatus};
-use crate::systemd::procfs;
+use crate::systemd::{procfs, quota};
 use crate::{log_info, log_warn, systemd};
 use config::Config;
-use policy::{Admitted, Thermal, Verdict, Waiting};
-use std::collections::{BTreeMap, HashMap};
+use policy::{Admitted, Thermal, Waiting};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Write;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant, SystemTime};
 
 pub const SOCKET: &str = "/run/brain-in-jar/admission.sock";
 /// The exit status of a gate the coordinator refused: sysexits' `EX_CONFIG` (systemd shows it as
@@ -41,12 +44,6 @@ pub const EXIT_REFUSED: u8 = 78;
 pub const GATE_COMM: &str = "brain-admit";
 /// Gates accepted but not yet looked at; past this, further connections wait in the kernel.
 const GATE_BACKLOG: usize = 64;
-
-static RELOAD: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_sighup(_: nix::libc::c_int) {
-    RELOAD.store(true, Ordering::SeqCst);
-}
 
 /// A gate: the main process of an experiment unit that waits for admission.
 struct Gate {
@@ -72,8 +69,17 @@ impl Gate {
 
 enum Event {
     Gate(Gate),
-    /// An experiment unit changed state.
-    Changed,
+    /// An experiment unit changed (its name, when the signal's path gives it).
+    Changed(Option<String>),
+    /// `SIGHUP` (`systemctl reload`): read the configuration again.
+    Reload,
+}
+
+/// The declared `MemoryMax` of a unit that counts, as read once (see [`Coordinator::declared`]).
+struct Declared {
+    bytes: u64,
+    /// When its `.env` was last changed, at the time of the reading (template units).
+    env_changed: Option<SystemTime>,
 }
 
 /// A waiting gate and what it asks for.
@@ -91,8 +97,9 @@ struct Coordinator {
     hottest: Option<(PathBuf, f64)>,
     frozen: bool,
     waiting: BTreeMap<String, Queued>,
-    /// Declared `MemoryMax` of admitted units, read once per unit while it runs.
-    memory: HashMap<String, u64>,
+    /// Declared `MemoryMax` of admitted units: read once per change, forgotten when the unit
+    /// changes (its signal) or its `.env` does.
+    memory: HashMap<String, Declared>,
     /// The main process of each unit this instance admitted: if it connects again (it may, as
     /// user brain), it is a running experiment, not a gate, and keeps counting.
     admitted: HashMap<String, u32>,
@@ -114,19 +121,23 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("cannot listen on {SOCKET}: {e}"))?
         }
     };
-    // SAFETY: the handler only stores to an atomic.
-    unsafe {
-        let action = nix::sys::signal::SigAction::new(
-            nix::sys::signal::SigHandler::Handler(on_sighup),
-            nix::sys::signal::SaFlags::SA_RESTART,
-            nix::sys::signal::SigSet::empty(),
-        );
-        nix::sys::signal::sigaction(nix::sys::signal::Signal::SIGHUP, &action)?;
-    }
+    // Before any thread starts, so that SIGHUP reaches us only through the descriptor.
+    let hup = crate::signals::take(&[nix::sys::signal::Signal::SIGHUP], false)?;
     let (tx, rx) = mpsc::sync_channel(GATE_BACKLOG);
     let gates = tx.clone();
     std::thread::spawn(move || accept_gates(listener, gates));
-    watch_units(tx)?;
+    let reloads = tx.clone();
+    std::thread::spawn(move || {
+        while let Ok(Some(_)) = hup.read_signal() {
+            if reloads.send(Event::Reload).is_err() {
+                return;
+            }
+        }
+    });
+    // Set when a unit's change could not be queued (the channel was full): every reading may
+    // be stale then.
+    let missed = Arc::new(AtomicBool::new(false));
+    watch_units(tx, missed.clone())?;
 
     let mut c = Coordinator {
         config_path: config_path.to_path_buf(),
@@ -171,14 +182,19 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
             .chain(std::iter::from_fn(|| rx.try_recv().ok()))
             .take(GATE_BACKLOG)
         {
-            if let Event::Gate(gate) = ev {
-                c.arrive(gate);
+            match ev {
+                Event::Gate(gate) => c.arrive(gate),
+                Event::Changed(Some(unit)) => {
+                    c.memory.remove(&unit);
+                }
+                // A change we cannot name: every reading may be stale.
+                Event::Changed(None) => c.memory.clear(),
+                Event::Reload => c.reload(),
             }
             dirty = true;
         }
-        if RELOAD.swap(false, Ordering::SeqCst) {
-            c.reload();
-            dirty = true;
+        if missed.swap(false, Ordering::SeqCst) {
+            c.memory.clear();
         }
         if Instant::now() >= next_check {
             dirty |= c.check_temperature();
@@ -253,7 +269,7 @@ fn identify(stream: &UnixStream) -> Result<(String, u32), String> {
 }
 
 /// Subscribes to systemd's signals and turns state changes of experiment units into events.
-fn watch_units(tx: mpsc::SyncSender<Event>) -> anyhow::Result<()> {
+fn watch_units(tx: mpsc::SyncSender<Event>, missed: Arc<AtomicBool>) -> anyhow::Result<()> {
     let bus = dbus::system_bus()?;
     dbus::manager()?.subscribe().map_err(SystemdError::from)?;
     let rule = zbus::MatchRule::builder()
@@ -266,18 +282,19 @@ fn watch_units(tx: mpsc::SyncSender<Event>) -> anyhow::Result<()> {
     std::thread::spawn(move || {
         for msg in iter.flatten() {
             // Object paths escape '-' as _2d: brain-experiment@… and brain-run-….
-            let ours = msg
-                .header()
-                .path()
-                .is_some_and(|p| p.as_str().contains("/brain_2d"));
-            // A full channel already holds an event that makes the loop evaluate.
-            if ours
-                && matches!(
-                    tx.try_send(Event::Changed),
-                    Err(mpsc::TrySendError::Disconnected(_))
-                )
-            {
-                return;
+            let header = msg.header();
+            let Some(path) = header.path().filter(|p| p.as_str().contains("/brain_2d")) else {
+                continue;
+            };
+            let unit = crate::systemd::escape::unit_of_object_path(path.as_str());
+            // Never a blocking send: this thread must keep reading the bus, or zbus stops
+            // receiving (method replies too) once its queue fills. A full channel already holds
+            // an event that makes the loop evaluate; the unit's name is lost, so `missed` makes
+            // the loop forget every reading.
+            match tx.try_send(Event::Changed(unit)) {
+                Ok(()) => {}
+                Err(mpsc::TrySendError::Full(_)) => missed.store(true, Ordering::SeqCst),
+                Err(mpsc::TrySendError::Disconnected(_)) => return,
             }
         }
     });
@@ -361,7 +378,7 @@ impl Coordinator {
             }
         };
         let quota = match self.thermal {
-            Thermal::Normal => u64::MAX,
+            Thermal::Normal => quota::UNLIMITED,
             _ => throttled_quota_usec(),
         };
         if let Err(e) = m.set_unit_properties(
@@ -491,7 +508,7 @@ impl Coordinator {
     /// that an edited `.env` takes effect at the next start without a `daemon-reload`.
     fn apply_limits(unit: &str, e: &Experiment) -> Result<(), SystemdError> {
         let (_, s) = dbus::unit(unit)?;
-        let cpu = e.cpu_quota_usec().unwrap_or(u64::MAX);
+        let cpu = e.cpu_quota_usec().unwrap_or(quota::UNLIMITED);
         if s.memory_max().ok() == Some(e.memory_max) && s.cpu_quota_per_sec_usec().ok() == Some(cpu)
         {
             return Ok(());
@@ -513,35 +530,44 @@ impl Coordinator {
         Ok(())
     }
 
+    /// The declared `MemoryMax` of a unit that counts: the reading kept from before, unless
+    /// the unit changed since (its signal dropped it) or its `.env` did; else one D-Bus read.
+    fn declared(&mut self, unit: &str) -> u64 {
+        let env_changed = env_changed(unit);
+        if let Some(d) = self.memory.get(unit)
+            && d.env_changed == env_changed
+        {
+            return d.bytes;
+        }
+        let bytes = self.declared_memory(unit);
+        self.memory
+            .insert(unit.to_string(), Declared { bytes, env_changed });
+        bytes
+    }
+
     /// Admission: what runs (or was admitted) counts; the waiting gates are answered in the
-    /// order they started.
+    /// order they started ([`policy::evaluate`] decides, this does what it says).
     fn evaluate(&mut self) {
         let units = self.experiments();
-        let live: BTreeMap<&str, &UnitStatus> = units
+        let live: BTreeSet<String> = units
             .iter()
             .filter(|u| has_process(u))
-            .map(|u| (u.0.as_str(), u))
+            .map(|u| u.0.clone())
             .collect();
         // A gate whose unit no longer runs (stopped while queued) is gone.
-        self.waiting
-            .retain(|unit, _| live.contains_key(unit.as_str()));
-        self.memory
-            .retain(|unit, _| live.contains_key(unit.as_str()));
-        let mut admitted = Vec::new();
-        for unit in live.keys().filter(|u| !self.waiting.contains_key(**u)) {
-            let memory = match self.memory.get(*unit) {
-                Some(m) => *m,
-                None => {
-                    let m = self.declared_memory(unit);
-                    self.memory.insert(unit.to_string(), m);
-                    m
-                }
-            };
-            admitted.push(Admitted {
-                unit: unit.to_string(),
-                memory,
-            });
-        }
+        self.waiting.retain(|unit, _| live.contains(unit));
+        self.memory.retain(|unit, _| live.contains(unit));
+        let counted: Vec<String> = live
+            .into_iter()
+            .filter(|u| !self.waiting.contains_key(u))
+            .collect();
+        let admitted: Vec<Admitted> = counted
+            .into_iter()
+            .map(|unit| Admitted {
+                memory: self.declared(&unit),
+                unit,
+            })
+            .collect();
         let waiting: Vec<Waiting> = self
             .waiting
             .values()
@@ -549,55 +575,50 @@ impl Coordinator {
                 unit: q.gate.unit.clone(),
                 memory: q.memory,
                 since_usec: q.gate.since_usec,
+                told: q.gate.told.clone(),
             })
             .collect();
-        let verdicts = policy::decide(&self.cfg, self.thermal, &admitted, &waiting);
-        let queued = verdicts
-            .iter()
-            .filter(|(_, v)| matches!(v, Verdict::Wait(_)))
-            .count();
-        let mut position = 0;
+        let plan = policy::evaluate(&self.cfg, self.thermal, &admitted, &waiting);
         let mut running = admitted.len();
-        for (unit, verdict) in verdicts {
-            match verdict {
-                Verdict::Admit => {
-                    let Some(mut q) = self.waiting.remove(&unit) else {
-                        continue;
-                    };
-                    if let Some(e) = &q.limits
-                        && let Err(err) = Self::apply_limits(&unit, e)
-                    {
-                        log_warn!("refused {unit}: cannot apply its limits: {err}");
-                        q.gate.tell(&format!(
-                            "REFUSE cannot apply the limits of its .env: {err}"
-                        ));
-                        continue;
-                    }
-                    if q.gate.tell("OK") {
-                        log_info!("admitted {unit}");
-                        self.memory.insert(unit, q.memory);
-                        running += 1;
-                    }
-                }
-                Verdict::Refuse(why) => {
-                    if let Some(mut q) = self.waiting.remove(&unit) {
-                        log_warn!("refused {unit}: {why}");
-                        q.gate.tell(&format!("REFUSE {why}"));
-                    }
-                }
-                Verdict::Wait(why) => {
-                    position += 1;
-                    let line = policy::queued_status(position, queued, &why);
-                    if let Some(q) = self.waiting.get_mut(&unit)
-                        && q.gate.told.as_deref() != Some(line.as_str())
-                    {
-                        if q.gate.tell(&format!("WAIT {line}")) {
-                            q.gate.told = Some(line);
-                        } else {
-                            // Gone, or not reading: it asks again when it reconnects.
-                            self.waiting.remove(&unit);
-                        }
-                    }
+        for unit in plan.admit {
+            let Some(mut q) = self.waiting.remove(&unit) else {
+                continue;
+            };
+            if let Some(e) = &q.limits
+                && let Err(err) = Self::apply_limits(&unit, e)
+            {
+                log_warn!("refused {unit}: cannot apply its limits: {err}");
+                q.gate.tell(&format!(
+                    "REFUSE cannot apply the limits of its .env: {err}"
+                ));
+                continue;
+            }
+            if q.gate.tell("OK") {
+                log_info!("admitted {unit}");
+                let env_changed = env_changed(&unit);
+                self.memory.insert(
+                    unit,
+                    Declared {
+                        bytes: q.memory,
+                        env_changed,
+                    },
+                );
+                running += 1;
+            }
+        }
+        for (unit, why) in plan.refuse {
+            if let Some(mut q) = self.waiting.remove(&unit) {
+                log_warn!("refused {unit}: {why}");
+                q.gate.tell(&format!("REFUSE {why}"));
+            }
+        }
+        for (unit, line) in plan.tell {
+            if let Some(q) = self.waiting.get_mut(&unit) {
+                if q.gate.tell(&format!("WAIT {line}")) {
+                    q.gate.told = Some(line);
+                } else {
+                    // Gone, or not reading: it asks again when it reconnects.
+                    self.waiting.remove(&unit);
                 }
             }
         }
@@ -643,10 +664,21 @@ impl Coordinator {
     }
 }
 
+/// When the `.env` of a template unit was last changed (`None`: a transient unit, or no file).
+fn env_changed(unit: &str) -> Option<SystemTime> {
+    if !unit.starts_with("brain-experiment@") {
+        return None;
+    }
+    let id = experiments::id_of(unit)?;
+    std::fs::metadata(Path::new(EXPERIMENTS_DIR).join(format!("{id}.env")))
+        .and_then(|m| m.modified())
+        .ok()
+}
+
 /// The slice's CPU quota while throttled: half of the machine's CPUs.
 fn throttled_quota_usec() -> u64 {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
-    cpus * 500_000
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    quota::usec_from_percent(u32::try_from(cpus * 50).unwrap_or(u32::MAX))
 }
 
 /// What the coordinator answered a gate.

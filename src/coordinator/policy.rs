@@ -55,8 +55,11 @@ pub struct Waiting {
     pub unit: String,
     /// Its declared `MemoryMax`, in bytes (`u64::MAX`: none).
     pub memory: u64,
-    /// When it asked (microseconds): the queue's order.
+    /// When its gate process started (microseconds since the epoch): the queue's order, which
+    /// a restart of the coordinator does not change.
     pub since_usec: u64,
+    /// The status line it was last told, if any.
+    pub told: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -131,6 +134,53 @@ pub fn decide(
     out
 }
 
+/// What one evaluation does, in the order the gates started.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Evaluation {
+    /// Admit these: apply their `.env` limits, then tell them `OK`.
+    pub admit: Vec<String>,
+    /// Refuse these, with why (`REFUSE <why>`).
+    pub refuse: Vec<(String, String)>,
+    /// Tell these waiting gates their new status line (`WAIT <line>`); a gate whose line has
+    /// not changed is not told again.
+    pub tell: Vec<(String, String)>,
+}
+
+/// The coordinator's evaluation: [`decide`] for every waiting gate, and each waiting one's place
+/// in the queue as a status line.
+pub fn evaluate(
+    cfg: &Config,
+    thermal: Thermal,
+    admitted: &[Admitted],
+    waiting: &[Waiting],
+) -> Evaluation {
+    let verdicts = decide(cfg, thermal, admitted, waiting);
+    let queued = verdicts
+        .iter()
+        .filter(|(_, v)| matches!(v, Verdict::Wait(_)))
+        .count();
+    let mut out = Evaluation::default();
+    let mut position = 0;
+    for (unit, verdict) in verdicts {
+        match verdict {
+            Verdict::Admit => out.admit.push(unit),
+            Verdict::Refuse(why) => out.refuse.push((unit, why)),
+            Verdict::Wait(why) => {
+                position += 1;
+                let line = queued_status(position, queued, &why);
+                let told = waiting
+                    .iter()
+                    .find(|w| w.unit == unit)
+                    .and_then(|w| w.told.as_deref());
+                if told != Some(line.as_str()) {
+                    out.tell.push((unit, line));
+                }
+            }
+        }
+    }
+    out
+}
+
 /// A queued experiment's status (its unit's `StatusText`, which `systemctl status` shows):
 /// `queued, position P of N: why`.
 pub fn queued_status(position: usize, of: usize, why: &str) -> String {
@@ -163,6 +213,7 @@ mod tests {
                 unit: format!("e{i}"),
                 memory: gb << 30,
                 since_usec: i as u64,
+                told: None,
             })
             .collect()
     }
@@ -198,6 +249,7 @@ mod tests {
             unit: "huge".into(),
             memory: 3 << 30,
             since_usec: 0,
+            told: None,
         }];
         let d = decide(&cfg(10, 2), Thermal::Normal, &[], &big);
         assert!(matches!(&d[0].1, Verdict::Refuse(r) if r.contains("more than the whole budget")));
@@ -205,11 +257,51 @@ mod tests {
             unit: "nolimit".into(),
             memory: u64::MAX,
             since_usec: 0,
+            told: None,
         }];
         assert!(matches!(
             decide(&cfg(10, 2), Thermal::Normal, &[], &unlimited)[0].1,
             Verdict::Refuse(_)
         ));
+    }
+
+    #[test]
+    fn evaluation_orders_by_start_and_tells_only_changes() {
+        // Started in the order e2, e0, e1, e3 (whatever order they connected in).
+        let mut w = waiting(4, 1);
+        for (x, since) in w.iter_mut().zip([20, 30, 10, 40]) {
+            x.since_usec = since;
+        }
+        let e = evaluate(&cfg(1, 48), Thermal::Normal, &[], &w);
+        assert_eq!(e.admit, ["e2"]);
+        assert!(e.refuse.is_empty());
+        let lines: Vec<&str> = e.tell.iter().map(|(_, l)| l.as_str()).collect();
+        assert_eq!(
+            lines,
+            [
+                "queued, position 1 of 3: 1 of MAX_CONCURRENT_EXPERIMENTS=1 running",
+                "queued, position 2 of 3: behind e0",
+                "queued, position 3 of 3: behind e0",
+            ]
+        );
+        assert_eq!(e.tell[0].0, "e0");
+        // A gate already told its line is not told again; one whose place changed is.
+        w[0].told = Some(e.tell[0].1.clone());
+        w[1].told = Some("queued, position 1 of 1: old".into());
+        let again = evaluate(&cfg(1, 48), Thermal::Normal, &[], &w);
+        let told: Vec<&str> = again.tell.iter().map(|(u, _)| u.as_str()).collect();
+        assert_eq!(told, ["e1", "e3"]);
+        // Too large for the whole budget: refused, with why.
+        let mut big = waiting(1, 100);
+        big[0].unit = "huge".into();
+        let e = evaluate(&cfg(4, 48), Thermal::Normal, &[], &big);
+        assert_eq!(e.refuse.len(), 1);
+        assert!(
+            e.refuse[0].1.contains("TOTAL_RAM_LIMIT_GB"),
+            "{:?}",
+            e.refuse
+        );
+        assert!(e.admit.is_empty() && e.tell.is_empty());
     }
 
     #[test]

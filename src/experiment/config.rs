@@ -1,7 +1,7 @@
 //! Experiment configuration: `/etc/brain-in-jar/experiments/<id>.env`, validated, and what the
 //! generator turns it into (a drop-in with real cgroup limits, and the target's wants).
 
-use crate::systemd::escape;
+use crate::systemd::{escape, quota};
 use std::path::{Path, PathBuf};
 
 pub const EXPERIMENTS_DIR: &str = "/etc/brain-in-jar/experiments";
@@ -56,7 +56,7 @@ impl Experiment {
 
     /// `CPUQuotaPerSecUSec`, as systemd reports it.
     pub fn cpu_quota_usec(&self) -> Option<u64> {
-        self.cpu_quota_percent.map(|p| u64::from(p) * 10_000)
+        self.cpu_quota_percent.map(quota::usec_from_percent)
     }
 
     /// The generator's drop-in for this experiment's unit.

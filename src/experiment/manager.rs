@@ -15,8 +15,11 @@ use zbus::zvariant::OwnedValue;
 /// What went wrong, by kind, so that a caller (brainctl) can say it and exit accordingly.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ManagerError {
-    /// The id or the arguments are not valid, or the configuration says otherwise.
+    /// The id is not a valid experiment id.
     InvalidId(String),
+    /// The arguments are not valid (no such program, a relative path), or the experiment's
+    /// `.env` contradicts the request.
+    Invalid(String),
     /// No `.env` and no unit for this id.
     Unknown(String),
     /// polkit refused: the caller must be root or an admin.
@@ -27,9 +30,10 @@ pub enum ManagerError {
 impl std::fmt::Display for ManagerError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            ManagerError::InvalidId(m) | ManagerError::Unknown(m) | ManagerError::Systemd(m) => {
-                f.write_str(m)
-            }
+            ManagerError::InvalidId(m)
+            | ManagerError::Invalid(m)
+            | ManagerError::Unknown(m)
+            | ManagerError::Systemd(m) => f.write_str(m),
             ManagerError::Denied(m) => write!(
                 f,
                 "{m}: run it as root, or as an admin polkit lets manage units"
@@ -181,7 +185,7 @@ impl ExperimentManager {
             .map_err(SystemdError::from)?;
         m.reload().map_err(SystemdError::from)?;
         if e.enabled {
-            return Err(ManagerError::InvalidId(format!(
+            return Err(ManagerError::Invalid(format!(
                 "{unit} still starts with {TARGET}: {}/{id}.env says EXPERIMENT_ENABLED=yes; remove that line",
                 self.dir.display()
             )));
@@ -192,7 +196,8 @@ impl ExperimentManager {
     /// Creates the transient unit and waits for its start job, as `systemd-run` does: it ends
     /// once the coordinator has admitted or queued it, and fails when it refuses it.
     pub fn run_experiment(&self, spec: RunSpec) -> Result<String> {
-        let spec = spec.validate().map_err(ManagerError::InvalidId)?;
+        config::validate_id(&spec.id).map_err(ManagerError::InvalidId)?;
+        let spec = spec.validate().map_err(ManagerError::Invalid)?;
         let unit = spec.unit();
         let props = spec.properties();
         let m = dbus::manager()?;
@@ -395,7 +400,8 @@ fn status_from(
         memory_current,
         memory_peak,
         memory_limit: known(prop(props, "MemoryMax")),
-        cpu_quota_percent: known(prop(props, "CPUQuotaPerSecUSec")).map(|u| u as f64 / 10_000.0),
+        cpu_quota_percent: prop(props, "CPUQuotaPerSecUSec")
+            .and_then(crate::systemd::quota::percent_from_usec),
         restarts: prop(props, "NRestarts").unwrap_or(0),
         // ExecMainCode is 0 until the main process has exited (CLD_EXITED and so on after).
         last_exit_status: prop::<i32>(props, "ExecMainStatus")

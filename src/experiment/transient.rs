@@ -145,7 +145,10 @@ impl RunSpec {
             ),
             ("UMask", Value::from(0o027u32)),
         ];
-        if let Some(usec) = self.cpu_quota_percent.map(|p| u64::from(p) * 10_000) {
+        if let Some(usec) = self
+            .cpu_quota_percent
+            .map(crate::systemd::quota::usec_from_percent)
+        {
             props.push(("CPUQuotaPerSecUSec", Value::from(usec)));
         }
         if self.gpu {

@@ -58,9 +58,8 @@ impl Method {
 #[derive(Clone, Debug)]
 pub struct Request {
     pub method: Method,
-    /// Path without the query string, as sent (not percent-decoded).
+    /// Path without the query string (no route takes one), as sent (not percent-decoded).
     pub path: String,
-    pub query: String,
     /// Header names lower-cased.
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
@@ -75,11 +74,10 @@ pub const CHECKS_PASSED: u16 = 100;
 impl Request {
     /// A request with no headers and no body, for tests and internal callers.
     pub fn new(method: Method, target: &str) -> Request {
-        let (path, query) = target.split_once('?').unwrap_or((target, ""));
+        let path = target.split_once('?').map_or(target, |(p, _)| p);
         Request {
             method,
             path: path.to_string(),
-            query: query.to_string(),
             headers: Vec::new(),
             body: Vec::new(),
             checks_only: false,
@@ -104,15 +102,16 @@ impl Request {
             .map(|(_, v)| v.as_str())
     }
 
-    /// The body as a JSON object; an empty body is an empty object (as the original's clients send).
-    pub fn json_object(&self) -> Result<serde_json::Map<String, Value>, ApiError> {
+    /// The body as a JSON object; an empty body is an empty object (as the original's clients
+    /// send). `example` is a body the service takes, for the error message.
+    pub fn json_object(&self, example: &str) -> Result<serde_json::Map<String, Value>, ApiError> {
         if self.body.iter().all(u8::is_ascii_whitespace) {
             return Ok(serde_json::Map::new());
         }
         match serde_json::from_slice::<Value>(&self.body) {
             Ok(Value::Object(map)) => Ok(map),
             Ok(other) => Err(ApiError::bad_request(format!(
-                "the request body must be a JSON object, not {}: send e.g. {{\"minutes\": 5}}",
+                "the request body must be a JSON object, not {}: send e.g. {example}",
                 json_type_name(&other)
             ))),
             Err(e) => Err(ApiError::bad_request(format!(
@@ -165,6 +164,9 @@ pub struct ApiError {
     /// Extra fields merged into the error object (e.g. the existing schedule on 409).
     pub extra: Option<serde_json::Map<String, Value>>,
     pub headers: Vec<(&'static str, String)>,
+    /// systemd refused for lack of permission: the service adds what to check
+    /// ([`ApiError::with_denied_hint`]).
+    pub denied: bool,
 }
 
 impl ApiError {
@@ -174,7 +176,17 @@ impl ApiError {
             message: message.into(),
             extra: None,
             headers: Vec::new(),
+            denied: false,
         }
+    }
+
+    /// Appends the service's own advice to a permission refusal; other errors pass unchanged.
+    pub fn with_denied_hint(mut self, hint: &str) -> ApiError {
+        if self.denied {
+            self.message = format!("{}: {hint}", self.message);
+            self.denied = false;
+        }
+        self
     }
 
     pub fn bad_request(message: impl Into<String>) -> ApiError {
@@ -218,18 +230,13 @@ impl From<ApiError> for Response {
     }
 }
 
-/// A failure of systemd is the gateway's (502), with systemd's reason; a polkit denial says
-/// which rule to check.
+/// A failure of systemd is the gateway's (502), with systemd's reason; a refusal for lack of
+/// permission is marked, so that the service can say what to check.
 impl From<crate::systemd::dbus::SystemdError> for ApiError {
     fn from(e: crate::systemd::dbus::SystemdError) -> ApiError {
         use crate::systemd::dbus::SystemdError;
-        let hint = match e {
-            SystemdError::Denied(_) => {
-                ": the polkit rule for user abc (50-homelab.rules) is missing or does not match"
-            }
-            _ => "",
-        };
-        let error = ApiError::new(502, format!("{e}{hint}"));
+        let mut error = ApiError::new(502, e.to_string());
+        error.denied = matches!(e, SystemdError::Denied(_));
         match e {
             SystemdError::Job(job) => error
                 .with_extra("unit", json!(job.unit))
@@ -506,15 +513,28 @@ mod tests {
     #[test]
     fn json_bodies_must_be_objects() {
         let req = |b: &str| Request::new(Method::Post, "/").with_body(b);
-        assert!(req("").json_object().unwrap().is_empty());
-        assert_eq!(
-            req(r#"{"minutes": 3}"#).json_object().unwrap()["minutes"],
-            3
-        );
+        let example = r#"{"n": 5}"#;
+        assert!(req("").json_object(example).unwrap().is_empty());
+        assert_eq!(req(r#"{"n": 3}"#).json_object(example).unwrap()["n"], 3);
         for bad in ["{", "[1]", "3", "\"x\"", "null", "{\"a\":}"] {
-            let e = req(bad).json_object().unwrap_err();
+            let e = req(bad).json_object(example).unwrap_err();
             assert_eq!(e.status, 400, "{bad}");
         }
+        let e = req("[1]").json_object(example).unwrap_err();
+        assert!(e.message.ends_with(example), "{}", e.message);
+    }
+
+    #[test]
+    fn only_permission_refusals_take_the_services_hint() {
+        let denied = ApiError {
+            denied: true,
+            ..ApiError::new(502, "Access denied")
+        };
+        let hinted = denied.with_denied_hint("check the rule");
+        assert_eq!(hinted.message, "Access denied: check the rule");
+        assert!(!hinted.denied);
+        let other = ApiError::new(502, "unit failed").with_denied_hint("check the rule");
+        assert_eq!(other.message, "unit failed");
     }
 
     #[test]

@@ -172,9 +172,7 @@ pub fn serve(
             .as_mut()
             .and_then(|s| s.read_signal().ok().flatten())
         {
-            let name = nix::sys::signal::Signal::try_from(sig.ssi_signo as i32)
-                .map_or_else(|_| sig.ssi_signo.to_string(), |s| s.to_string());
-            break format!("got {name}, exiting");
+            break format!("got {}, exiting", crate::signals::name(sig.ssi_signo));
         }
         if let Some(idle) = opts.idle_timeout
             && activity.idle_for() >= idle
@@ -206,21 +204,14 @@ pub fn serve(
 /// SIGTERM and SIGINT, blocked for this thread (and the threads it starts) and readable without
 /// blocking; `None` (the default actions stay) if that fails.
 fn stop_signals() -> Option<nix::sys::signalfd::SignalFd> {
-    use nix::sys::signal::{SigSet, Signal};
-    use nix::sys::signalfd::{SfdFlags, SignalFd};
-    let mut mask = SigSet::empty();
-    mask.add(Signal::SIGTERM);
-    mask.add(Signal::SIGINT);
-    let fd = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC);
-    match fd {
-        Ok(fd) if mask.thread_block().is_ok() => Some(fd),
-        Ok(_) | Err(_) => {
+    use nix::sys::signal::Signal;
+    crate::signals::take(&[Signal::SIGTERM, Signal::SIGINT], true)
+        .inspect_err(|e| {
             log_warn!(
-                "cannot take SIGTERM through a signalfd; a stop may lose the last access lines"
-            );
-            None
-        }
-    }
+                "cannot take SIGTERM through a signalfd ({e}); a stop may lose the last access lines"
+            )
+        })
+        .ok()
 }
 
 /// Where a connection is in receiving its current request.
@@ -447,14 +438,14 @@ impl Io {
                         Err(e) => return Some(self.refuse(conn, None, e.into())),
                     };
                     conn.buf.drain(..head.len);
-                    let (path, query) = head
+                    // No route takes a query string: it is dropped.
+                    let path = head
                         .target
                         .split_once('?')
-                        .map_or((head.target.as_str(), ""), |(p, q)| (p, q));
+                        .map_or(head.target.as_str(), |(p, _)| p);
                     let req = Request {
                         method: Method::parse(&head.method),
                         path: path.to_string(),
-                        query: query.to_string(),
                         headers: head.headers.clone(),
                         body: Vec::new(),
                         checks_only: false,

@@ -15,7 +15,8 @@ pub struct Config {
     pub idle_threshold_minutes: u64,
     /// A model with activity this recent counts as active.
     pub active_threshold_minutes: u64,
-    /// How often the idle check runs (inference-idle-check.timer's OnUnitActiveSec=).
+    /// How often the idle check acts: `inference-idle-check.timer` fires every minute
+    /// (`OnCalendar=minutely`) and the check does nothing until this much has passed.
     pub shutdown_check_interval_minutes: u64,
     /// When every model has been idle for the idle threshold, schedule a power-off through the
     /// shutdown service's timers.

@@ -1,11 +1,14 @@
 //! The idle policy, run by `inference-idle-check.timer` (a timer, because the service itself
 //! exits when idle): stop running models idle past the threshold; when enabled and every model
-//! has been idle that long, power off through the shutdown service's timers.
+//! has been idle that long, schedule a power-off through the shutdown module, which owns
+//! scheduling (one function, one lock shared with the shutdown service's process).
 
 use super::activity::{self, Activity, ActivityStore};
 use super::config::Config;
 use super::models;
-use crate::shutdown::schedule::{self, Kind};
+use crate::shutdown::schedule::{Action, ScheduleRequest};
+use crate::shutdown::state::StateStore;
+use crate::shutdown::{Outcome, Schedules};
 use crate::systemd::dbus::{self, Verb};
 use crate::{log_info, log_warn};
 use chrono::{DateTime, Duration, Local};
@@ -96,26 +99,31 @@ pub fn check(config: &Config, store: &ActivityStore) -> anyhow::Result<()> {
     store.save(&activity)
 }
 
-/// Starts a one-off `homelab-shutdown@.timer` (the shutdown service's mechanism), unless a
-/// one-off power action (power-off or reboot) is pending already.
+/// Schedules a one-off power-off [`POWER_OFF_DELAY_SECONDS`] ahead through the shutdown
+/// module's one scheduling function (its lock, its conflict rules, its state file): nothing
+/// happens when a one-off power action (power-off or reboot) is pending already.
 fn schedule_power_off(now: DateTime<Local>) -> anyhow::Result<()> {
-    let pending = dbus::list_units(schedule::TIMER_PATTERNS)?;
-    let one_off = pending.iter().any(|u| {
-        u.3 == "active"
-            && u.4 == "waiting"
-            && schedule::calendar_of(&u.0).is_some_and(|c| Kind::of(&c) == Kind::OneOff)
-    });
-    if one_off {
-        log_info!("every model is idle; a one-off shutdown is already scheduled");
-        return Ok(());
+    let request = ScheduleRequest {
+        calendar: format!("@{}", now.timestamp() + POWER_OFF_DELAY_SECONDS),
+        action: Action::Poweroff,
+        replace: false,
+        minutes: None,
+    };
+    let schedules = Schedules::new(StateStore::new(None));
+    match schedules
+        .schedule(&request, now)
+        .map_err(|e| anyhow::anyhow!("cannot schedule the idle power-off: {}", e.message))?
+    {
+        Outcome::Conflict(c) => log_info!(
+            "every model is idle; a one-off {} is already scheduled ({})",
+            c.existing().action.as_str(),
+            c.existing().unit
+        ),
+        Outcome::Scheduled(p) => log_warn!(
+            "every model has been idle past the threshold: powering off in {POWER_OFF_DELAY_SECONDS} s ({}); cancel with POST /shutdown/cancel on port 5001",
+            p.unit
+        ),
     }
-    let at = now.timestamp() + POWER_OFF_DELAY_SECONDS;
-    let unit = schedule::timer_unit(&format!("@{at}"), schedule::Action::Poweroff)
-        .expect("an epoch fits a unit name");
-    dbus::start_unit_and_wait(&unit)?;
-    log_warn!(
-        "every model has been idle past the threshold: powering off in {POWER_OFF_DELAY_SECONDS} s ({unit}); cancel with POST /shutdown/cancel on port 5001"
-    );
     Ok(())
 }
 

@@ -283,9 +283,14 @@ impl Service for InferenceService {
             Route::Act(verb) => self.act(captures[0], verb),
             Route::Report => self.report(captures[0]),
         };
-        result.unwrap_or_else(Response::from)
+        result
+            .map_err(|e| e.with_denied_hint(DENIED_HINT))
+            .unwrap_or_else(Response::from)
     }
 }
+
+/// What to check when polkit refuses the service a model unit.
+const DENIED_HINT: &str = "the polkit rule that lets user abc start, stop and restart model@*.service (50-homelab.rules) is missing or does not match";
 
 /// Builds the service from its configuration file and credential.
 pub fn from_environment() -> anyhow::Result<InferenceService> {

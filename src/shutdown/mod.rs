@@ -15,12 +15,11 @@ use crate::http::auth::Auth;
 use crate::http::{self, ApiError, Method, Request, Response, Service};
 use crate::systemd::dbus::{self, SystemdError};
 use crate::{log_info, log_warn};
-use chrono::Local;
+use chrono::{DateTime, Local};
 use config::Config;
-use schedule::{Kind, Pending, Stored};
+use schedule::{Conflict, Kind, Pending, ScheduleRequest};
 use serde_json::{Value, json};
 use state::{State, StateStore};
-use std::sync::Mutex;
 
 pub const SERVICE_NAME: &str = "Shutdown Service";
 
@@ -56,10 +55,7 @@ const ROUTES: &[(Method, &str, Route)] = &[
 pub struct ShutdownService {
     config: Config,
     auth: Auth,
-    store: StateStore,
-    /// Serialises every read-modify-write of schedules: with it, concurrent requests cannot
-    /// create two one-off shutdowns. Read-only requests write nothing and need no lock.
-    lock: Mutex<()>,
+    schedules: Schedules,
 }
 
 impl ShutdownService {
@@ -67,13 +63,36 @@ impl ShutdownService {
         ShutdownService {
             config,
             auth,
-            store,
-            lock: Mutex::new(()),
+            schedules: Schedules::new(store),
         }
     }
+}
 
-    fn guard(&self) -> std::sync::MutexGuard<'_, ()> {
-        self.lock.lock().unwrap_or_else(|e| e.into_inner())
+/// What a schedule request came to (see [`Schedules::schedule`]).
+#[derive(Debug)]
+pub enum Outcome {
+    /// The timer runs; what is pending for it now.
+    Scheduled(Pending),
+    /// Refused by the conflict rules; nothing changed.
+    Conflict(Conflict),
+}
+
+/// The one owner of the schedules: every change (the API's, the idle power-off's, the
+/// boot-time restore's) goes through here, under the state store's lock.
+pub struct Schedules {
+    store: StateStore,
+}
+
+impl Schedules {
+    pub fn new(store: StateStore) -> Schedules {
+        Schedules { store }
+    }
+
+    /// The lock every read-modify-write of schedules holds (see [`StateStore::lock`]): with it,
+    /// concurrent requests, and the idle check in its own process, cannot create two one-off
+    /// power actions. Read-only requests write nothing and need no lock.
+    fn guard(&self) -> Result<nix::fcntl::Flock<std::fs::File>, ApiError> {
+        self.store.lock().map_err(internal)
     }
 
     /// Every timer of ours systemd has loaded: (unit, active state, sub state, object path).
@@ -134,51 +153,26 @@ impl ShutdownService {
         self.join(&timers, &state)
     }
 
-    fn schedule(&self, req: &Request) -> Result<Response, ApiError> {
-        let now = Local::now();
-        let request =
-            schedule::parse_request(&req.json_object()?, self.config.default_minutes, now)?;
-        if request.kind() == Kind::Recurring {
-            check_calendar(&request.calendar)?;
-        }
-        let _guard = self.guard();
+    /// Schedules a power action: the one function that does, for the API and the idle
+    /// power-off alike. Under the lock it applies the conflict rules ([`schedule::plan`]),
+    /// records the state entry, starts the timer (forgetting the entry again if systemd
+    /// refuses), and stops the one-off timers it replaces.
+    pub fn schedule(
+        &self,
+        request: &ScheduleRequest,
+        now: DateTime<Local>,
+    ) -> Result<Outcome, ApiError> {
+        let _guard = self.guard()?;
         let pending = self.pending_pruned()?;
-        let unit = request.unit();
-        if let Some(same) = pending.iter().find(|p| p.unit == unit) {
-            return Err(ApiError::new(
-                409,
-                format!("this shutdown is already scheduled ({})", same.calendar),
-            )
-            .with_extra("existing", same.entry(now)));
-        }
-        let replaced: Vec<&Pending> = pending
-            .iter()
-            .filter(|p| p.kind() == Kind::OneOff)
-            .collect();
-        if request.kind() == Kind::OneOff
-            && let Some(existing) = replaced.first()
-            && !request.replace
-        {
-            let when = existing.entry(now)["scheduled_time"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string();
-            return Err(ApiError::new(
-                409,
-                format!("a one-off shutdown is already scheduled for {when}: cancel it first, or send \"replace\": true"),
-            )
-            .with_extra("existing", existing.entry(now)));
-        }
-        // Record first, so that a listing right after the start shows the creation time.
-        let stored = Stored {
-            calendar: request.calendar.clone(),
-            action: request.action,
-            created_at: crate::time::rfc3339(&now),
-            minutes: request.minutes,
+        let start = match schedule::plan(request, &pending, now) {
+            Ok(start) => start,
+            Err(conflict) => return Ok(Outcome::Conflict(conflict)),
         };
+        let unit = start.unit;
+        // Record first, so that a listing right after the start shows the creation time.
         self.store
             .update(|s| {
-                s.schedules.insert(unit.clone(), stored.clone());
+                s.schedules.insert(unit.clone(), start.stored);
             })
             .map_err(internal)?;
         if let Err(e) = dbus::start_unit_and_wait(&unit) {
@@ -187,10 +181,8 @@ impl ShutdownService {
             });
             return Err(e.into());
         }
-        if request.kind() == Kind::OneOff {
-            for old in replaced {
-                self.stop(&old.unit)?;
-            }
+        for old in &start.replaced {
+            self.stop(old)?;
         }
         let created = self
             .pending()?
@@ -209,14 +201,7 @@ impl ShutdownService {
             request.action.as_str(),
             created.calendar
         );
-        let entry = created.entry(now);
-        let mut body = json!({
-            "status": "success",
-            "message": format!("Shutdown scheduled for {}", entry["scheduled_time"].as_str().unwrap_or_default()),
-            "shutdown": entry.clone(),
-        });
-        merge(&mut body, &entry);
-        Ok(Response::ok(body))
+        Ok(Outcome::Scheduled(created))
     }
 
     /// Stops a timer and forgets it. Call with the lock held.
@@ -233,9 +218,9 @@ impl ShutdownService {
         Ok(())
     }
 
-    fn cancel(&self, which: Option<&str>) -> Result<Response, ApiError> {
-        let now = Local::now();
-        let _guard = self.guard();
+    /// Cancels the schedule with id `which`, or the next one due; returns it.
+    fn cancel(&self, which: Option<&str>) -> Result<Pending, ApiError> {
+        let _guard = self.guard()?;
         let pending = self.pending_pruned()?;
         let target = match which {
             None => pending
@@ -248,6 +233,42 @@ impl ShutdownService {
             })?,
         };
         self.stop(&target.unit)?;
+        Ok(target.clone())
+    }
+}
+
+impl ShutdownService {
+    fn pending(&self) -> Result<Vec<Pending>, ApiError> {
+        self.schedules.pending()
+    }
+
+    fn schedule(&self, req: &Request) -> Result<Response, ApiError> {
+        let now = Local::now();
+        let request = schedule::parse_request(
+            &req.json_object(r#"{"minutes": 5}"#)?,
+            self.config.default_minutes,
+            now,
+        )?;
+        if request.kind() == Kind::Recurring {
+            check_calendar(&request.calendar)?;
+        }
+        let created = match self.schedules.schedule(&request, now)? {
+            Outcome::Scheduled(created) => created,
+            Outcome::Conflict(conflict) => return Err(conflict_error(&conflict, now)),
+        };
+        let entry = created.entry(now);
+        let mut body = json!({
+            "status": "success",
+            "message": format!("Shutdown scheduled for {}", entry["scheduled_time"].as_str().unwrap_or_default()),
+            "shutdown": entry.clone(),
+        });
+        merge(&mut body, &entry);
+        Ok(Response::ok(body))
+    }
+
+    fn cancel(&self, which: Option<&str>) -> Result<Response, ApiError> {
+        let now = Local::now();
+        let target = self.schedules.cancel(which)?;
         Ok(Response::ok(json!({
             "status": "success",
             "message": "Shutdown cancelled successfully",
@@ -315,7 +336,7 @@ impl ShutdownService {
             "default_minutes": self.config.default_minutes,
             "auth_enabled": self.auth.enabled(),
             "config_file": self.config.path,
-            "state_file": self.store.path(),
+            "state_file": self.schedules.store.path(),
         })
     }
 
@@ -359,7 +380,9 @@ impl Service for ShutdownService {
             Route::Schedules => self.schedules(),
             Route::DeleteSchedule => valid_id(captures[0]).and_then(|id| self.cancel(Some(id))),
         };
-        result.unwrap_or_else(Response::from)
+        result
+            .map_err(|e| e.with_denied_hint(DENIED_HINT))
+            .unwrap_or_else(Response::from)
     }
 }
 
@@ -376,6 +399,22 @@ fn keeps_entry(timers: &[Timer], unit: &str) -> bool {
     timers
         .iter()
         .any(|t| t.unit == unit && t.active != "inactive" && t.active != "failed")
+}
+
+/// What to check when polkit refuses the service a timer.
+const DENIED_HINT: &str = "the polkit rule that lets user abc start and stop homelab-shutdown@ and homelab-reboot@ timers (50-homelab.rules) is missing or does not match";
+
+/// The 409 answer to a request the conflict rules refuse, with the schedule in its way.
+fn conflict_error(conflict: &Conflict, now: DateTime<Local>) -> ApiError {
+    let existing = conflict.existing().entry(now);
+    let message = match conflict {
+        Conflict::Same(p) => format!("this shutdown is already scheduled ({})", p.calendar),
+        Conflict::OneOff(_) => format!(
+            "a one-off shutdown is already scheduled for {}: cancel it first, or send \"replace\": true",
+            existing["scheduled_time"].as_str().unwrap_or_default()
+        ),
+    };
+    ApiError::new(409, message).with_extra("existing", existing)
 }
 
 fn valid_id(id: &str) -> Result<&str, ApiError> {
@@ -443,6 +482,7 @@ fn check_calendar(expr: &str) -> Result<(), ApiError> {
 /// `homelab-shutdown@`, gets the timer of its action).
 pub fn restore(store: &StateStore) -> anyhow::Result<()> {
     let now = Local::now().timestamp() as u64 * 1_000_000;
+    let _guard = store.lock()?;
     let state = store.load();
     let manager = dbus::manager()?;
     let mut keep = State {

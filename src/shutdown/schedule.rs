@@ -107,11 +107,6 @@ pub fn parse_unit(unit: &str) -> Option<(String, Action)> {
         })
 }
 
-/// The calendar expression of a timer unit of ours.
-pub fn calendar_of(unit: &str) -> Option<String> {
-    parse_unit(unit).map(|(calendar, _)| calendar)
-}
-
 /// Validates a request body. Exactly one of `minutes`, `at`, `calendar` (none: `default_minutes`).
 /// `calendar` is only checked for shape here; systemd's parser has the last word.
 pub fn parse_request(
@@ -310,6 +305,71 @@ impl Pending {
     }
 }
 
+/// What a schedule request does, given what is pending (soonest first): the decision of
+/// `POST /shutdown/schedule` and of the idle power-off, without I/O.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Start {
+    /// The timer to start.
+    pub unit: String,
+    /// Its state entry, recorded before the start.
+    pub stored: Stored,
+    /// One-off timers to stop once it has started (`"replace": true`).
+    pub replaced: Vec<String>,
+}
+
+/// Why a request is refused: a schedule already pending stands in its way.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Conflict {
+    /// This very timer is pending.
+    Same(Box<Pending>),
+    /// A one-off power action is pending and the request is a one-off without `replace`.
+    OneOff(Box<Pending>),
+}
+
+impl Conflict {
+    /// The pending schedule in the way.
+    pub fn existing(&self) -> &Pending {
+        match self {
+            Conflict::Same(p) | Conflict::OneOff(p) => p,
+        }
+    }
+}
+
+/// The conflict rules: at most one one-off power action is pending (a second one is refused
+/// unless it says `replace`, and then replaces every pending one-off); recurring schedules stand
+/// beside it; the same timer is never started twice.
+pub fn plan(
+    request: &ScheduleRequest,
+    pending: &[Pending],
+    now: DateTime<Local>,
+) -> Result<Start, Conflict> {
+    let unit = request.unit();
+    if let Some(same) = pending.iter().find(|p| p.unit == unit) {
+        return Err(Conflict::Same(Box::new(same.clone())));
+    }
+    let one_offs: Vec<&Pending> = pending
+        .iter()
+        .filter(|p| p.kind() == Kind::OneOff)
+        .collect();
+    let replaced = match (request.kind(), one_offs.first()) {
+        (Kind::OneOff, Some(existing)) if !request.replace => {
+            return Err(Conflict::OneOff(Box::new((*existing).clone())));
+        }
+        (Kind::OneOff, _) => one_offs.iter().map(|p| p.unit.clone()).collect(),
+        (Kind::Recurring, _) => Vec::new(),
+    };
+    Ok(Start {
+        unit,
+        stored: Stored {
+            calendar: request.calendar.clone(),
+            action: request.action,
+            created_at: crate::time::rfc3339(&now),
+            minutes: request.minutes,
+        },
+        replaced,
+    })
+}
+
 /// The next elapse of a one-off calendar (`@EPOCH`), in microseconds; `None` for recurring ones.
 pub fn one_off_usec(calendar: &str) -> Option<u64> {
     calendar
@@ -430,17 +490,74 @@ mod tests {
         );
     }
 
+    fn pending(calendar: &str, action: Action) -> Pending {
+        Pending {
+            unit: timer_unit(calendar, action).unwrap(),
+            calendar: calendar.into(),
+            action,
+            next_elapse_usec: one_off_usec(calendar).unwrap_or(1),
+            stored: None,
+        }
+    }
+
+    #[test]
+    fn plans_follow_the_conflict_rules() {
+        let one_off = parse(r#"{"minutes": 30}"#).unwrap();
+        let start = plan(&one_off, &[], now()).unwrap();
+        assert_eq!(start.unit, one_off.unit());
+        assert!(start.replaced.is_empty());
+        assert_eq!(start.stored.calendar, one_off.calendar);
+        assert_eq!(start.stored.minutes, Some(30));
+        assert_eq!(start.stored.created_at, crate::time::rfc3339(&now()));
+
+        // A one-off (power-off or reboot) pending: a second is refused, the soonest named.
+        let soon = pending("@1795000600", Action::Reboot);
+        let later = pending("@1795003600", Action::Poweroff);
+        let weekly = pending("Mon 23:00", Action::Poweroff);
+        let all = [soon.clone(), later.clone(), weekly.clone()];
+        assert_eq!(
+            plan(&one_off, &all, now()),
+            Err(Conflict::OneOff(Box::new(soon.clone())))
+        );
+        // ... unless it says replace: every pending one-off goes, the recurring one stays.
+        let replace = ScheduleRequest {
+            replace: true,
+            ..one_off.clone()
+        };
+        assert_eq!(
+            plan(&replace, &all, now()).unwrap().replaced,
+            [soon.unit.clone(), later.unit.clone()]
+        );
+        // The same timer again is refused, even with replace.
+        let again = ScheduleRequest {
+            calendar: "@1795000600".into(),
+            action: Action::Reboot,
+            replace: true,
+            minutes: None,
+        };
+        let e = plan(&again, &all, now()).unwrap_err();
+        assert_eq!(e, Conflict::Same(Box::new(soon.clone())));
+        assert_eq!(e.existing(), &soon);
+        // A recurring schedule stands beside a one-off and replaces nothing.
+        let daily = parse(r#"{"calendar": "*-*-* 02:30"}"#).unwrap();
+        assert!(plan(&daily, &all, now()).unwrap().replaced.is_empty());
+        let same_weekly = parse(r#"{"calendar": "Mon 23:00"}"#).unwrap();
+        assert_eq!(
+            plan(&same_weekly, &all, now()),
+            Err(Conflict::Same(Box::new(weekly)))
+        );
+    }
+
     #[test]
     fn units_and_calendars_round_trip() {
         for cal in ["@1795001800", "Mon..Fri 23:00", "*-*-* 10:00/15"] {
             for action in [Action::Poweroff, Action::Reboot] {
                 let unit = timer_unit(cal, action).unwrap();
                 assert_eq!(parse_unit(&unit), Some((cal.to_string(), action)));
-                assert_eq!(calendar_of(&unit).as_deref(), Some(cal));
             }
         }
-        assert_eq!(calendar_of("model@x.service"), None);
-        assert_eq!(calendar_of("homelab-poweroff@x.service"), None);
+        assert_eq!(parse_unit("model@x.service"), None);
+        assert_eq!(parse_unit("homelab-poweroff@x.service"), None);
     }
 
     #[test]

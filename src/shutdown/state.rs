@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 /// `StateDirectory=shutdown-service`.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/shutdown-service";
 pub const STATE_FILE: &str = "schedules.json";
+/// The lock every change of schedules takes, beside the state file (see [`StateStore::lock`]).
+pub const LOCK_FILE: &str = "schedules.lock";
 /// Largest state file read: far above what schedules need, small enough to bound memory.
 pub const MAX_STATE_BYTES: u64 = 64 * 1024;
 
@@ -39,6 +41,28 @@ impl StateStore {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Takes the schedules' lock, blocking until it is free; it is held until the value is
+    /// dropped. An exclusive `flock` on `schedules.lock` in the state folder, so it serialises
+    /// the shutdown service's requests with each other and with the idle check and the
+    /// boot-time restore, which are other processes: every `open` is its own lock holder, so
+    /// threads of one process exclude each other too.
+    pub fn lock(&self) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
+        use anyhow::Context;
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = self.path.with_file_name(LOCK_FILE);
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+            .open(&path)
+            .with_context(|| format!("cannot open the lock {}", path.display()))?;
+        nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, e)| anyhow::anyhow!("cannot lock {}: {e}", path.display()))
     }
 
     /// The state; a missing file is empty, an unusable one (corrupt, a symlink, a FIFO, over
@@ -120,6 +144,29 @@ mod tests {
             "{aside:?}"
         );
         assert!(!store.path().exists());
+        let _ = fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn the_lock_excludes_other_holders_until_dropped() {
+        let dir = tempdir();
+        let store = StateStore::new(Some(&dir));
+        let held = store.lock().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let other = StateStore::new(Some(&dir));
+        let waiter = std::thread::spawn(move || {
+            let _second = other.lock().unwrap();
+            tx.send(()).unwrap();
+        });
+        assert!(
+            rx.recv_timeout(std::time::Duration::from_millis(200))
+                .is_err(),
+            "a second holder got the lock while the first held it"
+        );
+        drop(held);
+        rx.recv_timeout(std::time::Duration::from_secs(5))
+            .expect("the second holder gets the lock once the first drops it");
+        waiter.join().unwrap();
         let _ = fs::remove_dir_all(dir);
     }
 

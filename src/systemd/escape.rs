@@ -53,6 +53,27 @@ pub fn unescape(escaped: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// The unit name in a unit's D-Bus object path (`/org/freedesktop/systemd1/unit/NAME`, each
+/// byte other than a letter or digit of `NAME` written `_HH`, as systemd's `bus_path_escape`).
+pub fn unit_of_object_path(path: &str) -> Option<String> {
+    let b = path
+        .strip_prefix("/org/freedesktop/systemd1/unit/")?
+        .as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'_' {
+            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok().filter(|u| !u.is_empty())
+}
+
 /// Every template a user-typed name becomes an instance of (experiments, models and their
 /// proxies): [`validate_name`] checks that the escaped name fits each of them.
 pub const NAME_TEMPLATES: &[&str] = &[
@@ -130,6 +151,26 @@ fn validate_chars(what: &str, name: &str, max: usize) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unit_names_come_back_from_object_paths() {
+        assert_eq!(
+            unit_of_object_path("/org/freedesktop/systemd1/unit/brain_2dexperiment_40e1_2eservice")
+                .as_deref(),
+            Some("brain-experiment@e1.service")
+        );
+        assert_eq!(
+            unit_of_object_path("/org/freedesktop/systemd1/unit/brain_2drun_2dx_5fy_2eservice")
+                .as_deref(),
+            Some("brain-run-x_y.service")
+        );
+        assert_eq!(
+            unit_of_object_path("/org/freedesktop/systemd1/unit/bad_2"),
+            None
+        );
+        assert_eq!(unit_of_object_path("/org/freedesktop/systemd1/unit/"), None);
+        assert_eq!(unit_of_object_path("/org/freedesktop/systemd1"), None);
+    }
 
     // Expected values are what `systemd-escape --template=homelab-shutdown@.timer ...` printed
     // (systemd 252).

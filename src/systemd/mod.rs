@@ -1,9 +1,11 @@
-//! Everything that talks to systemd: socket activation, sd_notify, unit-name escaping, D-Bus.
+//! Everything that talks to systemd: socket activation, sd_notify, unit-name escaping, D-Bus,
+//! what the kernel says of a unit (procfs), CPU-quota units.
 
 pub mod activation;
 pub mod dbus;
 pub mod escape;
 pub mod procfs;
+pub mod quota;
 
 pub use activation::listener;
 

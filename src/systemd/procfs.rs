@@ -20,13 +20,7 @@ pub struct MemoryCgroup {
 pub fn memory_cgroup(proc_cgroup: &str, unit: &str) -> Option<MemoryCgroup> {
     let mut v1 = None;
     let mut v2 = None;
-    for line in proc_cgroup.lines() {
-        let mut fields = line.splitn(3, ':');
-        let (Some(id), Some(controllers), Some(path)) =
-            (fields.next(), fields.next(), fields.next())
-        else {
-            continue;
-        };
+    for (id, controllers, path) in cgroup_lines(proc_cgroup) {
         if controllers.split(',').any(|c| c == "memory") {
             v1 = Some(path);
         } else if id == "0" && controllers.is_empty() {
@@ -91,11 +85,19 @@ pub fn unit_of_pid(pid: u32) -> Option<String> {
 
 /// [`unit_of_pid`] from the text of `/proc/PID/cgroup`.
 fn unit_of_cgroup(proc_cgroup: &str) -> Option<String> {
-    proc_cgroup
-        .lines()
-        .filter_map(|l| l.rsplit('/').next())
+    cgroup_lines(proc_cgroup)
+        .filter_map(|(_, _, path)| path.rsplit('/').next())
         .find(|u| u.ends_with(".service"))
         .map(str::to_string)
+}
+
+/// The lines of `/proc/PID/cgroup` (the one parser of it): hierarchy id, controllers (empty on
+/// the unified hierarchy), path. Malformed lines are skipped.
+fn cgroup_lines(proc_cgroup: &str) -> impl Iterator<Item = (&str, &str, &str)> {
+    proc_cgroup.lines().filter_map(|line| {
+        let mut fields = line.splitn(3, ':');
+        Some((fields.next()?, fields.next()?, fields.next()?))
+    })
 }
 
 /// The parent of process `pid` (field 4 of `/proc/PID/stat`).

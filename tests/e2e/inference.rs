@@ -499,6 +499,12 @@ fn idle_check_stops_idle_models_and_powers_off_via_a_timer(s: &Sandbox) -> Resul
         .as_u64()
         .unwrap_or(0);
     ensure!(left >= 1, "power-off too soon: {}", status.body);
+    // Scheduled by the shutdown module's one function: it has a state entry, as an API one has.
+    ensure!(
+        status.json["next_shutdown"]["created_at"].is_string(),
+        "the idle power-off bypassed the shutdown module (no created_at): {}",
+        status.body
+    );
     s.ok(
         "systemctl stop 'homelab-shutdown@*.timer'; rm -f /etc/homelab/inference-service.json; \
           rm -r /run/systemd/system/inference-idle-check.timer.d; systemctl daemon-reload",

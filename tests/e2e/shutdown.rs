@@ -30,6 +30,10 @@ pub const GROUP: Group = Group {
             concurrent_requests_create_one_shutdown,
         ),
         (
+            "a_change_waits_for_the_lock_another_process_holds",
+            a_change_waits_for_the_lock_another_process_holds,
+        ),
+        (
             "recurring_schedules_listed_and_deleted_by_id",
             recurring_schedules_listed_and_deleted_by_id,
         ),
@@ -427,6 +431,44 @@ fn concurrent_requests_create_one_shutdown(s: &Sandbox) -> Result<()> {
     let conflicts = statuses.iter().filter(|&&c| c == 409).count();
     ensure!(ok == 1 && conflicts == 19, "statuses: {statuses:?}");
     ensure_eq!(listed_timers(s)?.len(), 1, "pending one-off shutdowns");
+    clear_schedules(s)
+}
+
+/// The lock is a file lock, so it holds other processes back (the idle check schedules its
+/// power-off under it too): while another process of abc holds it, a POST waits and changes
+/// nothing, and goes through once it is released.
+fn a_change_waits_for_the_lock_another_process_holds(s: &Sandbox) -> Result<()> {
+    clear_schedules(s)?;
+    let lock = "/var/lib/shutdown-service/schedules.lock";
+    s.ok(&format!(
+        "systemd-run --quiet --unit=homelab-e2e-lock-holder --uid=abc --gid=abc flock {lock} sleep 5"
+    ))?;
+    wait_for(
+        "the other process to hold the lock",
+        Duration::from_secs(10),
+        || Ok(!s.sh(&format!("flock -n {lock} true"))?.status.success()),
+    )?;
+    let (reply, waited) = std::thread::scope(|scope| -> Result<_> {
+        let post = scope.spawn(|| {
+            let started = std::time::Instant::now();
+            let reply = send(s, "POST", "/shutdown/schedule", r#"{"minutes": 9}"#);
+            (reply, started.elapsed())
+        });
+        holds_for(
+            "no timer started while another process holds the lock",
+            Duration::from_secs(2),
+            || Ok(listed_timers(s)?.is_empty()),
+        )?;
+        let (reply, waited) = post.join().expect("the request's thread");
+        Ok((reply?, waited))
+    })?;
+    reply.expect(200)?;
+    ensure!(
+        waited >= Duration::from_secs(2),
+        "the request did not wait for the lock: answered in {waited:?}"
+    );
+    ensure_eq!(listed_timers(s)?.len(), 1, "pending one-off shutdowns");
+    s.ok("systemctl stop homelab-e2e-lock-holder.service 2>/dev/null; true")?;
     clear_schedules(s)
 }
 
