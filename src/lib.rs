@@ -11,6 +11,7 @@ pub mod experiment;
 pub mod http;
 pub mod inference;
 pub mod log;
+pub mod metrics;
 pub mod shutdown;
 pub mod statefile;
 pub mod systemd;

@@ -36,6 +36,7 @@ fn main() -> ExitCode {
             println!("{what}");
             return Ok(());
         }
+        record(args.action);
         let login =
             homelab::systemd::dbus::LoginManagerProxy::new(homelab::systemd::dbus::system_bus()?)?;
         match args.action {
@@ -57,4 +58,19 @@ fn own_unit() -> String {
                 .map(str::to_string)
         })
         .unwrap_or_else(|| "a schedule".into())
+}
+
+/// Records the action and its time for the shutdown service's `/metrics`
+/// (`homelab_shutdown_last_power_action_timestamp_seconds`); a failure is logged, never a reason
+/// not to act.
+fn record(action: Action) {
+    let name = match action {
+        Action::Poweroff => "poweroff",
+        Action::Reboot => "reboot",
+    };
+    let now = chrono::Utc::now().timestamp();
+    let path = std::path::Path::new(homelab::shutdown::metrics::LAST_ACTION_FILE);
+    if let Err(e) = homelab::metrics::write_textfile(path, &format!("{name} {now}\n")) {
+        log_warn!("cannot record the power action in {}: {e}", path.display());
+    }
 }

@@ -13,6 +13,7 @@
 //! from its peer credentials and cgroup, so no client can stall it or grow its memory.
 
 pub mod config;
+pub mod metrics;
 pub mod nvml;
 pub mod policy;
 pub mod thermal;
@@ -191,6 +192,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
             sd_notify::NotifyState::Watchdog,
             sd_notify::NotifyState::Status(&c.status_line()),
         ]);
+        metrics::publish(&c.figures());
     }
 }
 
@@ -459,6 +461,7 @@ impl Coordinator {
                     Ok(e) => Some(e),
                     Err(why) => {
                         log_warn!("refused {}: {why}", gate.unit);
+                        metrics::refused();
                         gate.tell(&format!("REFUSE {why}"));
                         return;
                     }
@@ -568,6 +571,7 @@ impl Coordinator {
                         && let Err(err) = Self::apply_limits(&unit, e)
                     {
                         log_warn!("refused {unit}: cannot apply its limits: {err}");
+                        metrics::refused();
                         q.gate.tell(&format!(
                             "REFUSE cannot apply the limits of its .env: {err}"
                         ));
@@ -582,6 +586,7 @@ impl Coordinator {
                 Verdict::Refuse(why) => {
                     if let Some(mut q) = self.waiting.remove(&unit) {
                         log_warn!("refused {unit}: {why}");
+                        metrics::refused();
                         q.gate.tell(&format!("REFUSE {why}"));
                     }
                 }
@@ -622,6 +627,43 @@ impl Coordinator {
             }
         } else if running == 0 {
             self.inhibitor = None;
+        }
+    }
+
+    /// The figures of `metrics.rs`: the running and waiting units with their memory and CPU.
+    fn figures(&self) -> metrics::Figures {
+        let experiments = self
+            .experiments()
+            .iter()
+            .filter(|u| self.memory.contains_key(&u.0) || self.waiting.contains_key(&u.0))
+            .map(|u| {
+                let queued = self.waiting.contains_key(&u.0);
+                let (memory, cpu_seconds) = metrics::measure(&u.6, &u.0);
+                metrics::Experiment {
+                    unit: u.0.clone(),
+                    id: experiments::id_of(&u.0).unwrap_or_default(),
+                    queued,
+                    memory_max: match self.waiting.get(&u.0) {
+                        Some(q) => Some(q.memory),
+                        None => self.memory.get(&u.0).copied(),
+                    },
+                    memory: if queued { None } else { memory },
+                    cpu_seconds: if queued { None } else { cpu_seconds },
+                }
+            })
+            .collect();
+        metrics::Figures {
+            running: self.running,
+            queued: self.waiting.len(),
+            max_concurrent: self.cfg.max_concurrent as usize,
+            ram_budget_bytes: self.cfg.total_ram,
+            thermal: self.thermal.as_str(),
+            frozen: self.frozen,
+            hottest: self
+                .hottest
+                .as_ref()
+                .map(|(p, t)| (p.display().to_string(), *t)),
+            experiments,
         }
     }
 
