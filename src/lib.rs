@@ -4,6 +4,7 @@
 //! decides and calls systemd. The binaries in `src/bin/` are thin wrappers around it.
 
 pub mod cli;
+pub mod completions;
 pub mod coordinator;
 pub mod envfile;
 pub mod exec;
