@@ -26,8 +26,8 @@ pub const GROUP: Group = Group {
         ),
         ("metrics_pass_promtool", metrics_pass_promtool),
         (
-            "coordinator_figures_reach_node_exporter",
-            coordinator_figures_reach_node_exporter,
+            "node_exporter_serves_the_admission_figures",
+            node_exporter_serves_the_admission_figures,
         ),
         (
             "upgrade_keeps_schedule_and_token",
@@ -293,7 +293,7 @@ fn metrics_pass_promtool(s: &Sandbox) -> Result<()> {
     Ok(())
 }
 
-fn coordinator_figures_reach_node_exporter(s: &Sandbox) -> Result<()> {
+fn node_exporter_serves_the_admission_figures(s: &Sandbox) -> Result<()> {
     // Two experiments and a limit of one: one runs, one waits.
     s.ok("printf 'MAX_CONCURRENT_EXPERIMENTS=1\\n' > /etc/brain-in-jar/coordinator.env && systemctl reload brain-experiment-coordinator")?;
     for id in ["demo1", "demo2"] {
