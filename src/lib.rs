@@ -4,6 +4,7 @@
 //! decides and calls systemd. The binaries in `src/bin/` are thin wrappers around it.
 
 pub mod cli;
+pub mod completions;
 pub mod coordinator;
 pub mod envfile;
 pub mod exec;
@@ -11,6 +12,7 @@ pub mod experiment;
 pub mod http;
 pub mod inference;
 pub mod log;
+pub mod metrics;
 pub mod shutdown;
 pub mod signals;
 pub mod statefile;

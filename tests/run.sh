@@ -10,6 +10,10 @@ step "host prerequisites"
 [ "$(id -u)" = 0 ] || { echo "make test boots systemd containers for the e2e suite: run it as root" >&2; exit 1; }
 bash tests/e2e/sandbox.sh prereqs
 bash tests/vm/vm.sh prereqs
+# lintian checks the package (make deb); dpkg-dev builds it.
+for tool in lintian:lintian dpkg-gencontrol:dpkg-dev; do
+    command -v "${tool%%:*}" >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${tool#*:}" >/dev/null; }
+done
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
 
@@ -45,6 +49,8 @@ tier() {
 }
 
 tier "unit tests (cargo test)" cargo test --locked
+# The package as Debian's checker sees it: no error (the warnings kept are listed in the README).
+tier "package (make deb, lintian)" sh -c 'deb=$(make -s deb | tail -n1) && lintian --fail-on error "$deb"'
 tier "e2e suite on booted systemd (nspawn: 252, 257)" make -s e2e
 tier "VM tier (cgroup v2, qemu)" make -s e2e-vm
 

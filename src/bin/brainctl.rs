@@ -12,6 +12,7 @@ use std::process::ExitCode;
 /// Start, stop, inspect and launch brain-in-jar experiments (systemd units, over D-Bus).
 #[derive(Parser, Debug)]
 #[command(
+    name = "brainctl",
     version,
     after_help = "Exit status: 0 success, 1 systemd failed, 2 invalid id or arguments, 3 unknown experiment, 4 permission denied.\n\
                   Experiments are configured in /etc/brain-in-jar/experiments/<id>.env."
@@ -73,6 +74,8 @@ enum Command {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+    /// Print the shell completion script (bash, zsh or fish) to standard output
+    Completions { shell: homelab::completions::Shell },
 }
 
 fn parse_memory(s: &str) -> Result<u64, String> {
@@ -96,6 +99,18 @@ fn main() -> ExitCode {
         )
     };
     let cli = Cli::parse();
+    if let Command::Completions { shell } = cli.command {
+        use clap::CommandFactory;
+        use std::io::Write;
+        let script = homelab::completions::generate(shell, &mut Cli::command(), "brainctl");
+        return match std::io::stdout().write_all(&script) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("brainctl: cannot write the completion script: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let m = ExperimentManager::new();
     let result = match cli.command {
         Command::Start { id } => m.start_experiment(&id).map(|u| started(&m, &id, &u)),
@@ -130,6 +145,7 @@ fn main() -> ExitCode {
         } => m
             .get_logs(&id, lines)
             .map(|l| l.iter().for_each(|l| println!("{l}"))),
+        Command::Completions { .. } => unreachable!("answered above"),
         Command::Run {
             id,
             memory,
@@ -282,5 +298,35 @@ fn print_table(all: &[ExperimentStatus], json: bool) {
     }
     if all.is_empty() {
         println!("(no experiments: add /etc/brain-in-jar/experiments/<id>.env)");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn completions_know_every_subcommand() {
+        let bash = homelab::completions::generate(
+            homelab::completions::Shell::Bash,
+            &mut Cli::command(),
+            "brainctl",
+        );
+        let bash = String::from_utf8(bash).unwrap();
+        assert!(bash.contains("complete -F _brainctl"), "{bash}");
+        for sub in ["start", "stop-all", "run", "logs", "completions"] {
+            assert!(bash.contains(sub), "no {sub} in the bash completion");
+        }
+        assert!(bash.contains("--memory"));
+    }
+
+    #[test]
+    fn version_is_the_crate_version() {
+        Cli::command().debug_assert();
+        assert_eq!(
+            Cli::command().get_version(),
+            Some(env!("CARGO_PKG_VERSION"))
+        );
     }
 }

@@ -36,6 +36,7 @@ fn main() -> ExitCode {
             println!("{what}");
             return Ok(());
         }
+        record(args.action);
         let login =
             homelab::systemd::dbus::LoginManagerProxy::new(homelab::systemd::dbus::system_bus()?)?;
         match args.action {
@@ -49,4 +50,19 @@ fn main() -> ExitCode {
 /// The unit we run in (from our cgroup), for the log line; "a schedule" when unknown.
 fn own_unit() -> String {
     homelab::systemd::procfs::unit_of_pid(std::process::id()).unwrap_or_else(|| "a schedule".into())
+}
+
+/// Records the action and its time for the shutdown service's `/metrics`
+/// (`homelab_shutdown_last_power_action_timestamp_seconds`); a failure is logged, never a reason
+/// not to act.
+fn record(action: Action) {
+    let name = match action {
+        Action::Poweroff => "poweroff",
+        Action::Reboot => "reboot",
+    };
+    let now = chrono::Utc::now().timestamp();
+    let path = std::path::Path::new(homelab::shutdown::metrics::LAST_ACTION_FILE);
+    if let Err(e) = homelab::metrics::write_textfile(path, &format!("{name} {now}\n")) {
+        log_warn!("cannot record the power action in {}: {e}", path.display());
+    }
 }

@@ -16,6 +16,7 @@
 //! from its peer credentials and cgroup, so no client can stall it or grow its memory.
 
 pub mod config;
+pub mod metrics;
 pub mod nvml;
 pub mod policy;
 pub mod thermal;
@@ -207,6 +208,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
             sd_notify::NotifyState::Watchdog,
             sd_notify::NotifyState::Status(&c.status_line()),
         ]);
+        metrics::publish(&c.figures());
     }
 }
 
@@ -476,6 +478,7 @@ impl Coordinator {
                     Ok(e) => Some(e),
                     Err(why) => {
                         log_warn!("refused {}: {why}", gate.unit);
+                        metrics::refused();
                         gate.tell(&format!("REFUSE {why}"));
                         return;
                     }
@@ -588,6 +591,7 @@ impl Coordinator {
                 && let Err(err) = Self::apply_limits(&unit, e)
             {
                 log_warn!("refused {unit}: cannot apply its limits: {err}");
+                metrics::refused();
                 q.gate.tell(&format!(
                     "REFUSE cannot apply the limits of its .env: {err}"
                 ));
@@ -609,6 +613,7 @@ impl Coordinator {
         for (unit, why) in plan.refuse {
             if let Some(mut q) = self.waiting.remove(&unit) {
                 log_warn!("refused {unit}: {why}");
+                metrics::refused();
                 q.gate.tell(&format!("REFUSE {why}"));
             }
         }
@@ -643,6 +648,43 @@ impl Coordinator {
             }
         } else if running == 0 {
             self.inhibitor = None;
+        }
+    }
+
+    /// The figures of `metrics.rs`: the running and waiting units with their memory and CPU.
+    fn figures(&self) -> metrics::Figures {
+        let experiments = self
+            .experiments()
+            .iter()
+            .filter(|u| self.memory.contains_key(&u.0) || self.waiting.contains_key(&u.0))
+            .map(|u| {
+                let queued = self.waiting.contains_key(&u.0);
+                let (memory, cpu_seconds) = metrics::measure(&u.6, &u.0);
+                metrics::Experiment {
+                    unit: u.0.clone(),
+                    id: experiments::id_of(&u.0).unwrap_or_default(),
+                    queued,
+                    memory_max: match self.waiting.get(&u.0) {
+                        Some(q) => Some(q.memory),
+                        None => self.memory.get(&u.0).map(|d| d.bytes),
+                    },
+                    memory: if queued { None } else { memory },
+                    cpu_seconds: if queued { None } else { cpu_seconds },
+                }
+            })
+            .collect();
+        metrics::Figures {
+            running: self.running,
+            queued: self.waiting.len(),
+            max_concurrent: self.cfg.max_concurrent as usize,
+            ram_budget_bytes: self.cfg.total_ram,
+            thermal: self.thermal.as_str(),
+            frozen: self.frozen,
+            hottest: self
+                .hottest
+                .as_ref()
+                .map(|(p, t)| (p.display().to_string(), *t)),
+            experiments,
         }
     }
 

@@ -154,6 +154,27 @@ impl Response {
             headers: Vec::new(),
         }
     }
+
+    /// A 200 that is not JSON (the metrics page): the server sends the string as it is, with
+    /// this `Content-Type`.
+    pub fn text(content_type: &str, text: String) -> Response {
+        Response {
+            status: 200,
+            body: Value::String(text),
+            headers: vec![("Content-Type", content_type.to_string())],
+        }
+    }
+}
+
+thread_local! {
+    /// The pattern [`route`] matched last on this thread, for the request counter of the
+    /// server core (`crate::metrics`): routes are the services', the counting is generic.
+    static MATCHED_ROUTE: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Takes (and clears) the pattern the last [`route`] call on this thread matched.
+pub fn take_matched_route() -> Option<String> {
+    MATCHED_ROUTE.with(|r| r.borrow_mut().take())
 }
 
 /// An error a client caused or must know about; becomes `{"status":"error","message":...}`.
@@ -278,6 +299,7 @@ pub fn route<'a, R: Copy>(
         if let Some(captures) = match_pattern(pattern, path) {
             // HEAD is answered wherever GET is.
             if m == method || (method == Method::Head && m == Method::Get) {
+                MATCHED_ROUTE.with(|r| *r.borrow_mut() = Some(pattern.to_string()));
                 return RouteMatch::Found(tag, captures);
             }
             if !allowed.contains(&m) {

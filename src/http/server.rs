@@ -569,14 +569,22 @@ impl Io {
     }
 }
 
+/// Every routed request goes through here (its head checks in the poll thread, the whole request
+/// in a worker): the one place it is counted, by route pattern and status (`crate::metrics`).
 fn handle(service: &dyn Service, req: &Request) -> Response {
-    catch_unwind(AssertUnwindSafe(|| service.handle(req))).unwrap_or_else(|_| {
+    let _ = super::take_matched_route();
+    let response = catch_unwind(AssertUnwindSafe(|| service.handle(req))).unwrap_or_else(|_| {
         ApiError::new(
             500,
             "internal error while handling the request; see the service's journal",
         )
         .into()
-    })
+    });
+    let route = super::take_matched_route();
+    if response.status != CHECKS_PASSED {
+        crate::metrics::count_request(req.method.as_str(), route.as_deref(), response.status);
+    }
+    response
 }
 
 /// A worker thread: answers complete requests, and gives kept-alive connections back.
@@ -676,12 +684,25 @@ fn log_access(req: &Request, response: &Response, started: Instant) {
 
 /// The response as bytes: JSON body, its length, and `Connection: close` unless kept alive.
 fn render(response: &Response, head_only: bool, keep_alive: bool) -> Vec<u8> {
-    let mut body = serde_json::to_vec(&response.body).unwrap_or_default();
-    body.push(b'\n');
+    // A response with a Content-Type of its own (Response::text) is sent as it is.
+    let own_type = response.headers.iter().any(|(n, _)| *n == "Content-Type");
+    let body = match &response.body {
+        serde_json::Value::String(text) if own_type => text.clone().into_bytes(),
+        other => {
+            let mut body = serde_json::to_vec(other).unwrap_or_default();
+            body.push(b'\n');
+            body
+        }
+    };
     let mut out = format!(
-        "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nDate: {}\r\n",
+        "HTTP/1.1 {} {}\r\n{}Content-Length: {}\r\nDate: {}\r\n",
         response.status,
         reason(response.status),
+        if own_type {
+            ""
+        } else {
+            "Content-Type: application/json\r\n"
+        },
         body.len(),
         chrono::Utc::now().format("%a, %d %b %Y %H:%M:%S GMT"),
     );

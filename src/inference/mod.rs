@@ -6,6 +6,7 @@
 pub mod activity;
 pub mod config;
 pub mod idle;
+pub mod metrics;
 pub mod models;
 
 use crate::http::auth::Auth;
@@ -33,6 +34,7 @@ enum Route {
     Model,
     Act(Verb),
     Report,
+    Metrics,
 }
 
 // Fixed paths first: a model named "running" is shadowed by /models/running.
@@ -40,6 +42,7 @@ const ROUTES: &[(Method, &str, Route)] = &[
     (Method::Get, "/", Route::Index),
     (Method::Get, "/health", Route::Health),
     (Method::Get, "/models", Route::Models),
+    (Method::Get, "/metrics", Route::Metrics),
     (Method::Get, "/models/running", Route::Running),
     (Method::Get, "/models/active", Route::Active),
     (Method::Get, "/models/idle", Route::Idle),
@@ -108,6 +111,9 @@ impl InferenceService {
         let model = self.model(raw)?;
         let unit = model.unit();
         dbus::run_and_wait(verb, &unit, Some(Duration::from_secs(90))).map_err(|e| {
+            if verb != Verb::Stop {
+                metrics::start_failed(&model.name);
+            }
             let mut error = ApiError::from(e);
             error.message = format!(
                 "model {} did not {}: {}",
@@ -233,6 +239,13 @@ impl InferenceService {
         Ok(Response::ok(body))
     }
 
+    /// `GET /metrics`: read-only, like the other GETs (see `metrics.rs`).
+    fn metrics(&self) -> Result<Response, ApiError> {
+        let states = metrics::unit_states()?;
+        let page = metrics::page(&self.models()?, &states, &self.activity.load());
+        Ok(Response::text(crate::metrics::CONTENT_TYPE, page))
+    }
+
     fn index(&self) -> Response {
         Response::ok(json!({
             "service": SERVICE_NAME,
@@ -246,6 +259,7 @@ impl InferenceService {
                 "GET /models/active": "models with recent activity",
                 "GET /models/idle": "running models idle past the threshold",
                 "GET /models/activity": "activity of every model",
+                "GET /metrics": "Prometheus metrics",
             },
             "config": {
                 "models_dir": self.dir,
@@ -282,6 +296,7 @@ impl Service for InferenceService {
             Route::Model => self.model_status(captures[0]),
             Route::Act(verb) => self.act(captures[0], verb),
             Route::Report => self.report(captures[0]),
+            Route::Metrics => self.metrics(),
         };
         result
             .map_err(|e| e.with_denied_hint(DENIED_HINT))

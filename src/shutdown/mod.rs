@@ -7,6 +7,7 @@
 //! nothing; mutating ones (and the boot-time restore) drop entries whose timer is gone.
 
 pub mod config;
+pub mod metrics;
 pub mod schedule;
 pub mod state;
 pub mod system;
@@ -34,6 +35,7 @@ enum Route {
     System,
     Schedules,
     DeleteSchedule,
+    Metrics,
 }
 
 const ROUTES: &[(Method, &str, Route)] = &[
@@ -50,6 +52,7 @@ const ROUTES: &[(Method, &str, Route)] = &[
         "/shutdown/schedules/{}",
         Route::DeleteSchedule,
     ),
+    (Method::Get, "/metrics", Route::Metrics),
 ];
 
 pub struct ShutdownService {
@@ -331,6 +334,16 @@ impl ShutdownService {
         Ok(Response::ok(body))
     }
 
+    /// `GET /metrics`: read-only, like the other GETs (see `metrics.rs`).
+    fn metrics(&self) -> Result<Response, ApiError> {
+        let pending = self.pending()?;
+        let last = metrics::last_action(std::path::Path::new(metrics::LAST_ACTION_FILE));
+        Ok(Response::text(
+            crate::metrics::CONTENT_TYPE,
+            metrics::page(&pending, last),
+        ))
+    }
+
     fn config_json(&self) -> Value {
         json!({
             "default_minutes": self.config.default_minutes,
@@ -353,6 +366,7 @@ impl ShutdownService {
                 "GET /shutdown/schedules": "every pending schedule",
                 "DELETE /shutdown/schedules/{id}": "cancel one schedule (token)",
                 "GET /shutdown/system": "uptime, load, memory, temperatures, pending schedules",
+                "GET /metrics": "Prometheus metrics",
             },
             "config": self.config_json(),
         }))
@@ -379,6 +393,7 @@ impl Service for ShutdownService {
             Route::System => self.system(),
             Route::Schedules => self.schedules(),
             Route::DeleteSchedule => valid_id(captures[0]).and_then(|id| self.cancel(Some(id))),
+            Route::Metrics => self.metrics(),
         };
         result
             .map_err(|e| e.with_denied_hint(DENIED_HINT))

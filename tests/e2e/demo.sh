@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # `make demo` / `make demo-stop`: boots Debian's systemd in a container on the HOST network with
 # homelab installed, enables home-lab-services.target and shows socket activation on ports 5001
-# and 5002 (service inactive, first request, service active). The container is left running.
+# and 5002 (service inactive, first request, service active), then the main job: a shutdown
+# scheduled over HTTP, listed by systemctl list-timers and cancelled; a sample model started and
+# listed as running; two experiments under a limit of one (one queued) in brainctl status; the
+# metrics. The container is left running.
 #
 #   demo.sh start    (re)create and boot the demo container, then show it working
 #   demo.sh stop     power it off and remove it
@@ -80,19 +83,65 @@ start() {
         [ "$(inside systemctl is-active "$unit.service" || true)" = active ] || die "$unit.service is not active after a request"
     done
 
+    main_job
+
     trap - EXIT
     cat <<EOF
 
 ==> The demo is running: systemd in $DIR, on this host's network.
     curl 127.0.0.1:5001/health ; curl 127.0.0.1:5002/health
+    Metrics:          curl 127.0.0.1:5001/metrics ; curl 127.0.0.1:5002/metrics ; the coordinator's in
+                      /var/lib/prometheus/node-exporter/homelab.prom (node_exporter's textfile collector)
     A shell inside:   bash tests/e2e/sandbox.sh exec $DIR bash
               (or:    nsenter -t \$(bash tests/e2e/sandbox.sh leader $DIR) -a bash)
     Stop it:          make demo-stop
 EOF
 }
 
+# Shows the commands as a user types them, and their answers.
+shown() { printf '$ %s\n' "$1"; inside sh -c "$1"; } # a command typed inside the container
+api() { # METHOD PATH [JSON]: a request with the token, as the README shows it
+    printf '$ curl -X %s -H "Authorization: Bearer $T" %s127.0.0.1:%s\n' "$1" "${3:+-d '$3' }" "$2"
+    curl -sS --fail-with-body --max-time 100 -X "$1" -H "Authorization: Bearer $T" ${3:+-d "$3"} "127.0.0.1:$2" ||
+        die "$1 $2 failed"
+}
+
+main_job() {
+    T=$(inside cat /etc/homelab/api-token)
+    step "a shutdown scheduled over HTTP is a systemd timer"
+    api POST 5001/shutdown/schedule '{"minutes": 30}'
+    shown "systemctl list-timers --no-pager 'homelab-shutdown@*'"
+    api POST 5001/shutdown/cancel
+    shown "systemctl list-timers --no-pager 'homelab-shutdown@*'"
+
+    step "a sample model (~abc/models/configs/sample.env) started over HTTP is model@sample.env.service"
+    inside sh -c 'printf "PORT=8081\nMODEL_COMMAND=/bin/sleep infinity\n" > /home/abc/models/configs/sample.env &&
+        chown abc:abc /home/abc/models/configs/sample.env'
+    api POST 5002/models/sample.env/start
+    echo '$ curl -s 127.0.0.1:5002/models/running'
+    curl -sS --max-time 10 127.0.0.1:5002/models/running || die "GET /models/running failed"
+    api POST 5002/models/sample.env/stop
+
+    step "two experiments under MAX_CONCURRENT_EXPERIMENTS=1: one runs, one waits its turn"
+    inside sh -c 'printf "MAX_CONCURRENT_EXPERIMENTS=1\n" > /etc/brain-in-jar/coordinator.env &&
+        systemctl reload brain-experiment-coordinator &&
+        for id in sample_a sample_b; do
+            printf "EXPERIMENT_RAM_LIMIT=256M\nEXPERIMENT_CPU_QUOTA=50%%\nEXPERIMENT_COMMAND=/bin/sleep infinity\n" \
+                > /etc/brain-in-jar/experiments/$id.env
+        done && systemctl daemon-reload'
+    shown "brainctl start sample_a"
+    shown "brainctl start sample_b"
+    shown "brainctl status"
+
+    step "metrics, in Prometheus' text format"
+    echo '$ curl -s 127.0.0.1:5001/metrics | grep -v "^#"'
+    curl -sS --max-time 10 127.0.0.1:5001/metrics | grep -v '^#' || die "no metrics on 5001"
+    echo "(the coordinator's: /var/lib/prometheus/node-exporter/homelab.prom, once prometheus-node-exporter is installed)"
+    shown "brainctl stop sample_b && brainctl stop sample_a"
+}
+
 case "${1:-}" in
     start) start ;;
     stop) stop; echo "demo: stopped; $DIR removed" ;;
-    *) sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+    *) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

@@ -23,7 +23,7 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn sandbox_script() -> PathBuf {
+pub fn sandbox_script() -> PathBuf {
     repo_root().join("tests/e2e/sandbox.sh")
 }
 
@@ -47,6 +47,31 @@ impl Sandbox {
         sandbox.start()?;
         // What a package's postinst and the README's install steps do.
         sandbox.ok("systemd-sysusers && systemd-tmpfiles --create && systemctl daemon-reload && systemctl enable --now home-lab-services.target")?;
+        Ok(sandbox)
+    }
+
+    /// Fresh copy of the package flavour of the root file system (man-db and
+    /// prometheus-node-exporter too), with nothing of ours installed: the package group installs
+    /// the .deb into it.
+    pub fn boot_clean(tag: &str) -> Result<Sandbox> {
+        let base =
+            std::env::var("HOMELAB_E2E_DIR").unwrap_or_else(|_| "/var/tmp/homelab-e2e".into());
+        let dir = PathBuf::from(base).join(format!("{tag}-{}", std::process::id()));
+        let netns = format!("hle2e-{tag}-{}", std::process::id());
+        let _ = std::fs::remove_dir_all(&dir);
+        let out = Command::new(sandbox_script())
+            .args(["create", path_str(&dir)?])
+            .env("HOMELAB_ROOTFS_FLAVOUR", "package")
+            .stdin(Stdio::null())
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "sandbox.sh create (package flavour) failed:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let sandbox = Sandbox { dir, netns };
+        sandbox.start()?;
         Ok(sandbox)
     }
 
@@ -352,6 +377,9 @@ pub fn run(groups: &[Group]) -> std::process::ExitCode {
     }
 }
 
+/// Groups whose container has nothing of ours installed (see [`Sandbox::boot_clean`]).
+const CLEAN_GROUPS: &[&str] = &["package"];
+
 /// Runs the groups on one release: the cases passed and the names of those that failed.
 fn run_suite(suite: &str, groups: &[Group], filter: &[String]) -> (usize, Vec<String>) {
     let (mut passed, mut failed) = (0usize, Vec::new());
@@ -375,7 +403,13 @@ fn run_suite(suite: &str, groups: &[Group], filter: &[String]) -> (usize, Vec<St
             cases.len()
         );
         let boot_started = Instant::now();
-        let sandbox = match Sandbox::boot(group.name) {
+        // The package group starts from a system without the project (it installs the .deb).
+        let booted = if CLEAN_GROUPS.contains(&group.name) {
+            Sandbox::boot_clean(group.name)
+        } else {
+            Sandbox::boot(group.name)
+        };
+        let sandbox = match booted {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("FAILED {label}: the container did not come up: {e:#}");

@@ -6,6 +6,7 @@ mod experiments;
 mod harness;
 mod hostile;
 mod inference;
+mod package;
 mod platform;
 mod shutdown;
 
@@ -19,5 +20,6 @@ fn main() -> std::process::ExitCode {
         shutdown::GROUP,
         shutdown::POWER_GROUP,
         shutdown::REBOOT_GROUP,
+        package::GROUP,
     ])
 }

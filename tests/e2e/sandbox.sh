@@ -10,6 +10,10 @@
 #   sandbox.sh stop DIR                power the container off (kill it if it does not stop), remove NETNS
 #   sandbox.sh packages                print the root file system's package list (a cache key for the VM tier)
 #   sandbox.sh rootfs-path             build the cached root file system if needed, print where it is
+#   sandbox.sh promtool                extract Debian's promtool into the cache once, print its path
+#
+# HOMELAB_ROOTFS_FLAVOUR=package: a root file system with man-db and prometheus-node-exporter too,
+# and `create` installs nothing of ours (the package group installs the .deb into it).
 #
 # The host's PID 1 is not systemd, so nspawn runs with --register=no --keep-unit (it has no
 # machined to register with and no unit of its own to move into).
@@ -20,9 +24,15 @@ CACHE=${HOMELAB_CACHE:-/var/cache/homelab-e2e}
 # How the root file system is made, beyond the package list; bump it when rootfs() changes.
 RECIPE=1
 PACKAGES=systemd,systemd-sysv,libpam-systemd,dbus,polkitd,pkexec,logrotate,curl,procps,iproute2,python3-minimal
+FLAVOUR=${HOMELAB_ROOTFS_FLAVOUR:-}
+case "$FLAVOUR" in
+    "") NAME="rootfs-$SUITE" ;;
+    package) NAME="rootfs-$SUITE-package" PACKAGES="$PACKAGES,man-db,prometheus-node-exporter" ;;
+    *) echo "sandbox: unknown HOMELAB_ROOTFS_FLAVOUR=$FLAVOUR" >&2; exit 2 ;;
+esac
 here=$(cd "$(dirname "$0")" && pwd)
 # Keyed by what goes into it, so that a changed package list builds a new one.
-ROOTFS="$CACHE/rootfs-$SUITE-$(printf '%s\n' "$SUITE" "$PACKAGES" "$RECIPE" | sha256sum | cut -c1-12)"
+ROOTFS="$CACHE/$NAME-$(printf '%s\n' "$SUITE" "$PACKAGES" "$RECIPE" | sha256sum | cut -c1-12)"
 top=$(cd "$here/../.." && pwd)
 
 die() { echo "sandbox: $*" >&2; exit 1; }
@@ -68,7 +78,9 @@ rootfs() {
     echo homelab-sandbox >"$ROOTFS.tmp/etc/hostname"
     touch "$ROOTFS.tmp/.complete"
     # Older builds of this suite (another package list) are of no more use.
-    find "$CACHE" -maxdepth 1 -name "rootfs-$SUITE*" ! -name "$(basename "$ROOTFS").tmp" -exec rm -rf {} +
+    # (Only this flavour's: the name is followed by the 12 hex digits of the hash.)
+    find "$CACHE" -maxdepth 1 -regextype posix-extended -regex ".*/$NAME-[0-9a-f]{12}(\.tmp)?" \
+        ! -name "$(basename "$ROOTFS").tmp" -exec rm -rf {} +
     rm -rf "$ROOTFS"
     mv "$ROOTFS.tmp" "$ROOTFS"
 }
@@ -79,7 +91,30 @@ create() {
     [ -e "$dir" ] && die "$dir exists"
     mkdir -p "$(dirname "$dir")"
     cp -a --reflink=auto "$ROOTFS" "$dir"
+    [ "$FLAVOUR" = package ] && return 0
     make -s -C "$top" install DESTDIR="$dir" PREFIX=/usr >/dev/null
+}
+
+# Debian's promtool (package prometheus), extracted once into the cache and run on the host:
+# installing the package would start a Prometheus server; the e2e checks need only the tool.
+promtool() {
+    local dir="$CACHE/promtool" tmp
+    if [ ! -x "$dir/usr/bin/promtool" ]; then
+        mkdir -p "$CACHE"
+        exec 8>"$CACHE/.promtool.lock"
+        flock 8
+        if [ ! -x "$dir/usr/bin/promtool" ]; then
+            tmp=$(mktemp -d "$CACHE/promtool.XXXXXX")
+            (cd "$tmp" && apt-get download -qq prometheus >/dev/null 2>&1) ||
+                { apt-get update -qq >/dev/null 2>&1 && (cd "$tmp" && apt-get download -qq prometheus >/dev/null); } ||
+                { rm -rf "$tmp"; die "cannot download Debian's prometheus package (for promtool)"; }
+            dpkg-deb -x "$tmp"/prometheus_*.deb "$tmp/x"
+            rm -rf "$dir"
+            mv "$tmp/x" "$dir"
+            rm -rf "$tmp"
+        fi
+    fi
+    echo "$dir/usr/bin/promtool"
 }
 
 leader() {
@@ -157,5 +192,6 @@ case "$cmd" in
     stop) stop "$@" ;;
     packages) echo "$SUITE $PACKAGES" ;;
     rootfs-path) rootfs; echo "$ROOTFS" ;;
-    *) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; [ -z "$cmd" ] || exit 2 ;;
+    promtool) promtool ;;
+    *) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; [ -z "$cmd" ] || exit 2 ;;
 esac

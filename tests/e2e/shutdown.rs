@@ -1037,6 +1037,22 @@ fn a_reboot_schedule_reboots_while_a_client_polls_status(s: &Sandbox) -> Result<
         recurring_unit.as_str()
     );
     ensure_eq!(status.json["next_shutdown"]["action"], "reboot");
+    // /metrics tells when a schedule last acted, and what it did.
+    let metrics = s.get(":5001/metrics")?;
+    let last: f64 = metrics
+        .body
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(
+                "homelab_shutdown_last_power_action_timestamp_seconds{action=\"reboot\"} ",
+            )
+        })
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no last reboot in /metrics:\n{}", metrics.body))?;
+    ensure!(
+        last >= at.timestamp() as f64,
+        "the last reboot in /metrics ({last}) is before the scheduled time"
+    );
     clear_schedules(s)
 }
 
