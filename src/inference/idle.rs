@@ -6,7 +6,8 @@ use super::activity::{self, Activity, ActivityStore};
 use super::config::Config;
 use super::models;
 use crate::shutdown::schedule::{self, Kind};
-use crate::systemd::dbus::{self, Verb};
+use crate::systemd::dbus::{Bus, Verb};
+use crate::systemd::view::UnitView;
 use crate::{log_info, log_warn};
 use chrono::{DateTime, Duration, Local};
 
@@ -63,7 +64,7 @@ pub fn decide(
 }
 
 /// One run of the check (`inference-service --check-idle`).
-pub fn check(config: &Config, store: &ActivityStore) -> anyhow::Result<()> {
+pub fn check(config: &Config, store: &ActivityStore, bus: &Bus) -> anyhow::Result<()> {
     let now = Local::now();
     let mut activity = store.load();
     if let Some(last) = activity
@@ -76,11 +77,12 @@ pub fn check(config: &Config, store: &ActivityStore) -> anyhow::Result<()> {
     {
         return Ok(());
     }
-    let running = models::running_since()?;
+    // A one-shot check: a view that is not watching reads from systemd once.
+    let running = models::running_since(bus, &UnitView::new(&[models::UNIT_PATTERN]))?;
     let decision = decide(config, &activity, &running, now);
     for name in &decision.stop {
         let unit = models::unit_of(name).expect("names from unit names fit");
-        match dbus::run_and_wait(Verb::Stop, &unit, Some(std::time::Duration::from_secs(90))) {
+        match bus.run_and_wait(Verb::Stop, &unit, Some(std::time::Duration::from_secs(90))) {
             Ok(()) => log_info!(
                 "stopped {unit}: no activity for {} minutes",
                 config.idle_threshold_minutes
@@ -89,7 +91,7 @@ pub fn check(config: &Config, store: &ActivityStore) -> anyhow::Result<()> {
         }
     }
     if decision.power_off {
-        schedule_power_off(now)?;
+        schedule_power_off(bus, now)?;
     }
     activity.last_check = Some(crate::time::rfc3339(&now));
     activity.all_idle_since = decision.all_idle_since.map(|t| crate::time::rfc3339(&t));
@@ -98,12 +100,12 @@ pub fn check(config: &Config, store: &ActivityStore) -> anyhow::Result<()> {
 
 /// Starts a one-off `homelab-shutdown@.timer` (the shutdown service's mechanism), unless a
 /// one-off power action (power-off or reboot) is pending already.
-fn schedule_power_off(now: DateTime<Local>) -> anyhow::Result<()> {
-    let pending = dbus::list_units(schedule::TIMER_PATTERNS)?;
+fn schedule_power_off(bus: &Bus, now: DateTime<Local>) -> anyhow::Result<()> {
+    let pending = bus.list_units(schedule::TIMER_PATTERNS)?;
     let one_off = pending.iter().any(|u| {
-        u.3 == "active"
-            && u.4 == "waiting"
-            && schedule::calendar_of(&u.0).is_some_and(|c| Kind::of(&c) == Kind::OneOff)
+        u.active_state == "active"
+            && u.sub_state == "waiting"
+            && schedule::calendar_of(&u.name).is_some_and(|c| Kind::of(&c) == Kind::OneOff)
     });
     if one_off {
         log_info!("every model is idle; a one-off shutdown is already scheduled");
@@ -112,7 +114,7 @@ fn schedule_power_off(now: DateTime<Local>) -> anyhow::Result<()> {
     let at = now.timestamp() + POWER_OFF_DELAY_SECONDS;
     let unit = schedule::timer_unit(&format!("@{at}"), schedule::Action::Poweroff)
         .expect("an epoch fits a unit name");
-    dbus::start_unit_and_wait(&unit)?;
+    bus.run_and_wait(Verb::Start, &unit, Some(std::time::Duration::from_secs(10)))?;
     log_warn!(
         "every model has been idle past the threshold: powering off in {POWER_OFF_DELAY_SECONDS} s ({unit}); cancel with POST /shutdown/cancel on port 5001"
     );

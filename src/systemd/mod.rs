@@ -3,7 +3,10 @@
 pub mod activation;
 pub mod dbus;
 pub mod escape;
+#[cfg(test)]
+pub mod fake;
 pub mod procfs;
+pub mod view;
 
 pub use activation::listener;
 
