@@ -223,11 +223,14 @@ pub struct UnitView {
 /// The properties a view keeps beside a unit's row, read at listing.
 fn extra_props(name: &str) -> &'static [Prop] {
     if name.ends_with(".timer") {
-        &[Prop::NextElapseUSecRealtime, Prop::ActiveEnterTimestamp]
+        &[Prop::NextElapseUSecRealtime]
     } else {
         &[Prop::ActiveEnterTimestamp]
     }
 }
+
+/// How many property reads the thread keeps in flight (see [`Bus::states`]).
+const PIPELINE_WINDOW: usize = 64;
 
 /// How long a mutating request waits for the view to have seen the end of its job.
 const SYNC_TIMEOUT: Duration = Duration::from_secs(5);
@@ -396,6 +399,8 @@ impl UnitView {
                 .interface(PROPERTIES)?
                 .build(&prop.interface_and_name())
         };
+        let mut outbox = std::collections::VecDeque::new();
+        let mut in_flight = 0usize;
         // Property replies still due of the first listing, after which the view is live.
         let mut initial_due: Option<usize> = None;
         for msg in stream.by_ref() {
@@ -478,13 +483,19 @@ impl UnitView {
                     };
                     let ok = msg.message_type() == Type::MethodReturn;
                     match what {
-                        Pending::Setup if !ok => {
+                        // A second Subscribe of the same connection is refused so; harmless.
+                        Pending::Setup
+                            if !ok
+                                && header.error_name().map(|n| n.as_str())
+                                    != Some("org.freedesktop.systemd1.AlreadySubscribed") =>
+                        {
                             return Err(SystemdError::Failed(format!(
                                 "cannot subscribe to systemd's signals: {:?}",
                                 header.error_name()
                             )));
                         }
                         Pending::Setup => {}
+
                         Pending::List(only) => {
                             let rows: Vec<UnitRow> = if ok {
                                 msg.body().deserialize()?
@@ -510,11 +521,11 @@ impl UnitView {
                             }
                             for row in &rows {
                                 for &prop in extra_props(&row.name) {
-                                    send(
+                                    outbox.push_back((
                                         get(&row.path, prop)?,
-                                        Pending::Prop(row.name.clone(), prop),
-                                        &mut pending,
-                                    )?;
+                                        row.name.clone(),
+                                        prop,
+                                    ));
                                     asked += 1;
                                 }
                             }
@@ -523,6 +534,7 @@ impl UnitView {
                             }
                         }
                         Pending::Prop(name, prop) => {
+                            in_flight -= 1;
                             if ok && let Ok(v) = msg.body().deserialize::<OwnedValue>() {
                                 let mut s = ServiceState::default();
                                 s.set(prop, v);
@@ -532,6 +544,14 @@ impl UnitView {
                                 *n = n.saturating_sub(1);
                             }
                         }
+                    }
+                    // Property reads go out a window at a time: dbus-daemon refuses more than
+                    // 128 pending replies per connection.
+                    while in_flight < PIPELINE_WINDOW
+                        && let Some((msg, name, prop)) = outbox.pop_front()
+                    {
+                        send(msg, Pending::Prop(name, prop), &mut pending)?;
+                        in_flight += 1;
                     }
                     if initial_due == Some(0) {
                         initial_due = None;
