@@ -14,7 +14,7 @@ pub mod system;
 use crate::experiment::config::{TEMPLATE_PATTERN, TRANSIENT_PATTERN};
 use crate::http::auth::Auth;
 use crate::http::{self, ApiError, Method, Request, Response, Service};
-use crate::systemd::dbus::{Bus, Systemd, Verb};
+use crate::systemd::dbus::{Bus, Prop, Systemd, Verb};
 use crate::systemd::view::{UnitView, ViewUnit};
 use crate::{log_info, log_warn};
 use chrono::Local;
@@ -118,9 +118,17 @@ impl ShutdownService {
             let Some((calendar, action)) = schedule::parse_unit(&t.row.name) else {
                 continue;
             };
-            // A recurring timer without a next elapse went away between the listing and the
-            // read of its property: it is not pending.
-            let Some(next) = schedule::one_off_usec(&calendar).or(t.next_elapse_usec) else {
+            // A recurring timer's next elapse not known yet (it has just appeared): asked;
+            // none (it went away between the listing and the read): it is not pending.
+            let next = schedule::one_off_usec(&calendar)
+                .or(t.next_elapse_usec)
+                .or_else(|| {
+                    self.systemd
+                        .state(&t.row.name, &[Prop::NextElapseUSecRealtime])
+                        .ok()?
+                        .next_elapse_usec_realtime
+                });
+            let Some(next) = next else {
                 continue;
             };
             pending.push(Pending {

@@ -400,6 +400,7 @@ impl UnitView {
                 .build(&prop.interface_and_name())
         };
         let mut outbox = std::collections::VecDeque::new();
+        let mut deferred: Vec<u32> = Vec::new();
         let mut in_flight = 0usize;
         // Property replies still due of the first listing, after which the view is live.
         let mut initial_due: Option<usize> = None;
@@ -472,12 +473,13 @@ impl UnitView {
                 Type::MethodReturn | Type::Error => {
                     let Some(what) = header.reply_serial().and_then(|s| pending.remove(&s.get()))
                     else {
-                        if let Some(s) = header.reply_serial() {
-                            let mut shared = self.lock();
-                            if shared.wanted.remove(&s.get()) {
-                                shared.barriers.insert(s.get());
-                                self.changed.notify_all();
-                            }
+                        if let Some(s) = header.reply_serial()
+                            && self.lock().wanted.remove(&s.get())
+                        {
+                            // A sync's ping: it passes once the reads that signals before it
+                            // asked for are in too.
+                            deferred.push(s.get());
+                            self.release(&mut deferred, &pending, &outbox);
                         }
                         continue;
                     };
@@ -553,6 +555,7 @@ impl UnitView {
                         send(msg, Pending::Prop(name, prop), &mut pending)?;
                         in_flight += 1;
                     }
+                    self.release(&mut deferred, &pending, &outbox);
                     if initial_due == Some(0) {
                         initial_due = None;
                         let mut shared = self.lock();
@@ -584,6 +587,25 @@ enum Pending {
 }
 
 impl UnitView {
+    /// Lets the syncs whose ping has come back return, once no listing or property read of
+    /// the thread is outstanding.
+    fn release<T>(
+        &self,
+        deferred: &mut Vec<u32>,
+        pending: &HashMap<u32, Pending>,
+        outbox: &std::collections::VecDeque<T>,
+    ) {
+        if deferred.is_empty()
+            || !outbox.is_empty()
+            || pending.values().any(|p| !matches!(p, Pending::Setup))
+        {
+            return;
+        }
+        let mut shared = self.lock();
+        shared.barriers.extend(deferred.drain(..));
+        self.changed.notify_all();
+    }
+
     /// Sends `org.freedesktop.DBus.Peer.Ping` to systemd without waiting for it, its serial
     /// registered first so that the thread can tell its reply; returns the serial.
     fn ping(&self, bus: &Bus) -> Result<u32, SystemdError> {
