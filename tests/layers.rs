@@ -14,6 +14,7 @@ const BOTTOM: &[&str] = &[
     "envfile",
     "exec",
     "signals",
+    "metrics",
 ];
 
 /// What each top-level module may use besides itself. Bottom: the bottom; `http`: the bottom;
@@ -33,6 +34,8 @@ fn allowed(module: &str) -> Option<BTreeSet<&'static str>> {
         // An experiment's limits come from its .env, parsed by the experiment module.
         "coordinator" => &["experiment"],
         "cli" => &["http", "shutdown", "inference", "experiment", "coordinator"],
+        // Shell completion scripts, generated from brainctl's command line.
+        "completions" => &[],
         _ => return None,
     };
     set.extend(extra);

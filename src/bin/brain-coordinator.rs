@@ -32,5 +32,7 @@ fn main() -> ExitCode {
         println!("{}: ok", args.config.display());
         return ExitCode::SUCCESS;
     }
-    homelab::cli::run(|| coordinator::run(&args.config))
+    // The one bus connection of the process, connected on first use.
+    let bus = homelab::systemd::dbus::Bus::system();
+    homelab::cli::run(|| coordinator::run(&args.config, &bus))
 }

@@ -111,7 +111,8 @@ fn main() -> ExitCode {
             }
         };
     }
-    let m = ExperimentManager::new();
+    // The one bus connection of the process, connected on first use.
+    let m = ExperimentManager::new(homelab::systemd::dbus::Bus::system());
     let result = match cli.command {
         Command::Start { id } => m.start_experiment(&id).map(|u| started(&m, &id, &u)),
         Command::Stop { id } => m.stop_experiment(&id).map(|u| match u {

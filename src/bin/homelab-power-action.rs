@@ -37,11 +37,10 @@ fn main() -> ExitCode {
             return Ok(());
         }
         record(args.action);
-        let login =
-            homelab::systemd::dbus::LoginManagerProxy::new(homelab::systemd::dbus::system_bus()?)?;
+        let bus = homelab::systemd::dbus::Bus::system();
         match args.action {
-            Action::Poweroff => login.power_off(false)?,
-            Action::Reboot => login.reboot(false)?,
+            Action::Poweroff => bus.power_off()?,
+            Action::Reboot => bus.reboot()?,
         }
         Ok(())
     })

@@ -3,6 +3,7 @@
 use clap::Parser;
 use homelab::cli::{self, ServiceArgs};
 use homelab::inference::{self, activity::ActivityStore, config::Config, idle};
+use homelab::systemd::dbus::Bus;
 use std::process::ExitCode;
 
 /// Lists model servers and starts, stops and restarts them; socket-activated on port 5002.
@@ -19,15 +20,15 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    // The one bus connection of the process, connected on first use.
+    let bus = Bus::system();
     cli::run(|| {
         if args.check_idle {
-            idle::check(&Config::load()?, &ActivityStore::new(None))
+            idle::check(&Config::load()?, &ActivityStore::new(None), &bus)
         } else {
-            cli::serve(
-                &args.service,
-                "inference-service.socket",
-                inference::from_environment,
-            )
+            cli::serve(&args.service, "inference-service.socket", || {
+                inference::from_environment(&bus)
+            })
         }
     })
 }

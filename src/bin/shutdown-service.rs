@@ -3,6 +3,7 @@
 use clap::Parser;
 use homelab::cli::{self, ServiceArgs};
 use homelab::shutdown;
+use homelab::systemd::dbus::Bus;
 use std::process::ExitCode;
 
 /// Schedules, lists and cancels shutdowns as systemd timers; socket-activated on port 5001.
@@ -19,15 +20,15 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    // The one bus connection of the process, connected on first use.
+    let bus = Bus::system();
     cli::run(|| {
         if args.restore {
-            shutdown::restore(&shutdown::state::StateStore::new(None))
+            shutdown::restore(&shutdown::state::StateStore::new(None), &bus)
         } else {
-            cli::serve(
-                &args.service,
-                "shutdown-service.socket",
-                shutdown::from_environment,
-            )
+            cli::serve(&args.service, "shutdown-service.socket", || {
+                shutdown::from_environment(&bus)
+            })
         }
     })
 }

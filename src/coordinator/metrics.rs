@@ -8,10 +8,9 @@
 //! can serve. The file is replaced atomically and only when a figure changed.
 
 use crate::metrics::{self, Kind, Writer};
-use crate::systemd::dbus::{self, SERVICE_INTERFACE};
+use crate::systemd::dbus::{Bus, Prop};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use zbus::zvariant::OwnedObjectPath;
 
 /// Debian's `prometheus-node-exporter` reads `*.prom` files of this folder.
 pub const TEXTFILE_DIR: &str = "/var/lib/prometheus/node-exporter";
@@ -54,21 +53,20 @@ pub struct Experiment {
 }
 
 /// Memory and CPU of `unit` (object path `path`): one pipelined batch of property reads.
-pub fn measure(path: &OwnedObjectPath, unit: &str) -> (Option<u64>, Option<f64>) {
-    let asked = [
-        (path, SERVICE_INTERFACE, "MainPID"),
-        (path, SERVICE_INTERFACE, "CPUUsageNSec"),
-    ];
-    let Ok(values) = dbus::properties(&asked) else {
+pub fn measure(
+    bus: &Bus,
+    path: &zbus::zvariant::OwnedObjectPath,
+    unit: &str,
+) -> (Option<u64>, Option<f64>) {
+    let Ok(mut states) = bus.states(&[(path, &[Prop::MainPID, Prop::CPUUsageNSec])]) else {
         return (None, None);
     };
-    let pid = values[0]
-        .as_ref()
-        .and_then(|v| u32::try_from(v).ok())
-        .filter(|&p| p > 0);
-    let cpu = values[1]
-        .as_ref()
-        .and_then(|v| u64::try_from(v).ok())
+    let Some(state) = states.pop() else {
+        return (None, None);
+    };
+    let pid = state.main_pid.filter(|&p| p > 0);
+    let cpu = state
+        .cpu_usage_nsec
         .filter(|&n| n != u64::MAX)
         .map(|n| n as f64 / 1e9)
         .or_else(|| pid.and_then(process_cpu_seconds));

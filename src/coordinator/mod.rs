@@ -24,7 +24,7 @@ pub mod thermal;
 use crate::experiment::config::{
     self as experiments, EXPERIMENTS_DIR, Experiment, SLICE, TEMPLATE_PATTERN, TRANSIENT_PATTERN,
 };
-use crate::systemd::dbus::{self, SystemdError, UnitStatus};
+use crate::systemd::dbus::{Bus, Prop, SystemdError, UnitRow, Verb};
 use crate::systemd::{procfs, quota};
 use crate::{log_info, log_warn, systemd};
 use config::Config;
@@ -92,6 +92,7 @@ struct Queued {
 }
 
 struct Coordinator {
+    bus: Bus,
     config_path: PathBuf,
     cfg: Config,
     thermal: Thermal,
@@ -112,7 +113,7 @@ struct Coordinator {
 }
 
 /// Runs the coordinator until killed.
-pub fn run(config_path: &Path) -> anyhow::Result<()> {
+pub fn run(config_path: &Path, bus: &Bus) -> anyhow::Result<()> {
     let cfg = Config::load(config_path).map_err(|e| anyhow::anyhow!(e))?;
     let listener = match listenfd::ListenFd::from_env().take_unix_listener(0)? {
         Some(l) => l,
@@ -138,9 +139,10 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
     // Set when a unit's change could not be queued (the channel was full): every reading may
     // be stale then.
     let missed = Arc::new(AtomicBool::new(false));
-    watch_units(tx, missed.clone())?;
+    watch_units(bus, tx, missed.clone())?;
 
     let mut c = Coordinator {
+        bus: bus.clone(),
         config_path: config_path.to_path_buf(),
         cfg,
         thermal: Thermal::Normal,
@@ -271,23 +273,18 @@ fn identify(stream: &UnixStream) -> Result<(String, u32), String> {
 }
 
 /// Subscribes to systemd's signals and turns state changes of experiment units into events.
-fn watch_units(tx: mpsc::SyncSender<Event>, missed: Arc<AtomicBool>) -> anyhow::Result<()> {
-    let bus = dbus::system_bus()?;
-    dbus::manager()?.subscribe().map_err(SystemdError::from)?;
-    let rule = zbus::MatchRule::builder()
-        .msg_type(zbus::message::Type::Signal)
-        .interface("org.freedesktop.DBus.Properties")?
-        .member("PropertiesChanged")?
-        .path_namespace("/org/freedesktop/systemd1/unit")?
-        .build();
-    let iter = zbus::blocking::MessageIterator::for_match_rule(rule, bus, Some(256))?;
+fn watch_units(
+    bus: &Bus,
+    tx: mpsc::SyncSender<Event>,
+    missed: Arc<AtomicBool>,
+) -> anyhow::Result<()> {
+    let changes = bus.unit_changes()?;
     std::thread::spawn(move || {
-        for msg in iter.flatten() {
+        for path in changes {
             // Object paths escape '-' as _2d: brain-experiment@… and brain-run-….
-            let header = msg.header();
-            let Some(path) = header.path().filter(|p| p.as_str().contains("/brain_2d")) else {
+            if !path.as_str().contains("/brain_2d") {
                 continue;
-            };
+            }
             let unit = crate::systemd::escape::unit_of_object_path(path.as_str());
             // Never a blocking send: this thread must keep reading the bus, or zbus stops
             // receiving (method replies too) once its queue fills. A full channel already holds
@@ -305,11 +302,11 @@ fn watch_units(tx: mpsc::SyncSender<Event>, missed: Arc<AtomicBool>) -> anyhow::
 
 /// The state of a unit that counts: its process runs (or is being started or stopped), as
 /// opposed to inactive, failed, or waiting to be restarted (`activating (auto-restart)`).
-fn has_process(u: &UnitStatus) -> bool {
+fn has_process(u: &UnitRow) -> bool {
     matches!(
-        u.3.as_str(),
+        u.active_state.as_str(),
         "active" | "reloading" | "deactivating" | "activating"
-    ) && u.4 != "auto-restart"
+    ) && u.sub_state != "auto-restart"
 }
 
 impl Coordinator {
@@ -372,35 +369,28 @@ impl Coordinator {
 
     /// Gives the slice the CPU quota of the thermal state, and thaws it unless critical.
     fn apply_thermal(&mut self) {
-        let m = match dbus::manager() {
-            Ok(m) => m,
-            Err(e) => {
-                log_warn!("{e}");
-                return;
-            }
-        };
+        if let Err(e) = self.bus.connect() {
+            log_warn!("{e}");
+            return;
+        }
         let quota = match self.thermal {
             Thermal::Normal => quota::UNLIMITED,
             _ => throttled_quota_usec(),
         };
-        if let Err(e) = m.set_unit_properties(
-            SLICE,
-            true,
-            &[("CPUQuotaPerSecUSec", zbus::zvariant::Value::from(quota))],
-        ) {
-            log_warn!(
-                "cannot set the CPU quota of {SLICE}: {}",
-                SystemdError::from(e)
-            );
+        if let Err(e) = self.bus.set_cpu_quota(SLICE, quota) {
+            log_warn!("cannot set the CPU quota of {SLICE}: {e}");
         }
         let frozen = self.frozen
-            || dbus::unit(SLICE)
-                .and_then(|(u, _)| Ok(u.freezer_state()?))
-                .is_ok_and(|state| state != "running");
+            || self
+                .bus
+                .state(SLICE, &[Prop::FreezerState])
+                .ok()
+                .and_then(|s| s.freezer_state)
+                .is_some_and(|state| state != "running");
         if self.thermal != Thermal::Critical && frozen {
-            match m.thaw_unit(SLICE) {
+            match self.bus.thaw(SLICE) {
                 Ok(()) => log_warn!("thawed {SLICE}"),
-                Err(e) => log_warn!("cannot thaw {SLICE}: {}", SystemdError::from(e)),
+                Err(e) => log_warn!("cannot thaw {SLICE}: {e}"),
             }
             self.frozen = false;
         }
@@ -412,17 +402,18 @@ impl Coordinator {
         if self.frozen {
             return;
         }
-        let Ok(m) = dbus::manager() else { return };
+        if self.bus.connect().is_err() {
+            return;
+        }
         if self.thermal != Thermal::Critical {
-            match m.freeze_unit(SLICE) {
+            match self.bus.freeze(SLICE) {
                 Ok(()) => {
                     log_warn!("critical temperature: froze {SLICE}");
                     self.frozen = true;
                     return;
                 }
                 Err(e) => log_warn!(
-                    "critical temperature: cannot freeze {SLICE} ({}); stopping the newest experiment",
-                    SystemdError::from(e)
+                    "critical temperature: cannot freeze {SLICE} ({e}); stopping the newest experiment"
                 ),
             }
         }
@@ -430,25 +421,27 @@ impl Coordinator {
         let newest = self
             .experiments()
             .into_iter()
-            .filter(|u| u.3 == "active" && !self.waiting.contains_key(&u.0))
+            .filter(|u| u.active_state == "active" && !self.waiting.contains_key(&u.name))
             .filter_map(|u| {
-                let (_, s) = dbus::unit(&u.0).ok()?;
-                Some((procfs::start_usec(s.main_pid().ok()?)?, u.0))
+                let pid = self.bus.state(&u.name, &[Prop::MainPID]).ok()?.main_pid?;
+                Some((procfs::start_usec(pid)?, u.name))
             })
             .max();
         if let Some((_, unit)) = newest {
             log_warn!("critical temperature: stopping {unit}, the newest experiment");
-            if let Err(e) = m.stop_unit(&unit, "replace") {
-                log_warn!("cannot stop {unit}: {}", SystemdError::from(e));
+            if let Err(e) = self.bus.enqueue(Verb::Stop, &unit) {
+                log_warn!("cannot stop {unit}: {e}");
             }
         }
     }
 
-    fn experiments(&self) -> Vec<UnitStatus> {
-        dbus::list_units(&[TEMPLATE_PATTERN, TRANSIENT_PATTERN]).unwrap_or_else(|e| {
-            log_warn!("{e}");
-            Vec::new()
-        })
+    fn experiments(&self) -> Vec<UnitRow> {
+        self.bus
+            .list_units(&[TEMPLATE_PATTERN, TRANSIENT_PATTERN])
+            .unwrap_or_else(|e| {
+                log_warn!("{e}");
+                Vec::new()
+            })
     }
 
     /// A gate arrives: it must be its unit's main process (a child of an experiment cannot
@@ -460,7 +453,11 @@ impl Coordinator {
             gate.tell("OK");
             return;
         }
-        match dbus::unit(&gate.unit).and_then(|(_, s)| Ok(s.main_pid()?)) {
+        let main_pid = self.bus.state(&gate.unit, &[Prop::MainPID]).and_then(|s| {
+            s.main_pid
+                .ok_or_else(|| SystemdError::Failed("no MainPID".into()))
+        });
+        match main_pid {
             Ok(pid) if pid == gate.pid => {}
             Ok(_) => {
                 gate.tell("REFUSE only the main process of an experiment unit is its gate");
@@ -502,28 +499,22 @@ impl Coordinator {
 
     /// The `MemoryMax` systemd has for `unit` (`u64::MAX`: none, or unreadable).
     fn declared_memory(&self, unit: &str) -> u64 {
-        dbus::unit(unit)
-            .and_then(|(_, s)| Ok(s.memory_max()?))
+        self.bus
+            .state(unit, &[Prop::MemoryMax])
+            .ok()
+            .and_then(|s| s.memory_max)
             .unwrap_or(u64::MAX)
     }
 
     /// Applies the limits of the experiment's `.env` to its unit before it runs, at run time, so
     /// that an edited `.env` takes effect at the next start without a `daemon-reload`.
-    fn apply_limits(unit: &str, e: &Experiment) -> Result<(), SystemdError> {
-        let (_, s) = dbus::unit(unit)?;
+    fn apply_limits(bus: &Bus, unit: &str, e: &Experiment) -> Result<(), SystemdError> {
+        let s = bus.state(unit, &[Prop::MemoryMax, Prop::CPUQuotaPerSecUSec])?;
         let cpu = e.cpu_quota_usec().unwrap_or(quota::UNLIMITED);
-        if s.memory_max().ok() == Some(e.memory_max) && s.cpu_quota_per_sec_usec().ok() == Some(cpu)
-        {
+        if s.memory_max == Some(e.memory_max) && s.cpu_quota_per_sec_usec == Some(cpu) {
             return Ok(());
         }
-        dbus::manager()?.set_unit_properties(
-            unit,
-            true,
-            &[
-                ("MemoryMax", zbus::zvariant::Value::from(e.memory_max)),
-                ("CPUQuotaPerSecUSec", zbus::zvariant::Value::from(cpu)),
-            ],
-        )?;
+        bus.set_limits(unit, e.memory_max, cpu)?;
         log_info!(
             "{unit}: MemoryMax={} CPUQuota={} from its .env",
             e.memory_max,
@@ -555,7 +546,7 @@ impl Coordinator {
         let live: BTreeSet<String> = units
             .iter()
             .filter(|u| has_process(u))
-            .map(|u| u.0.clone())
+            .map(|u| u.name.clone())
             .collect();
         // A gate whose unit no longer runs (stopped while queued) is gone.
         self.waiting.retain(|unit, _| live.contains(unit));
@@ -588,7 +579,7 @@ impl Coordinator {
                 continue;
             };
             if let Some(e) = &q.limits
-                && let Err(err) = Self::apply_limits(&unit, e)
+                && let Err(err) = Self::apply_limits(&self.bus, &unit, e)
             {
                 log_warn!("refused {unit}: cannot apply its limits: {err}");
                 metrics::refused();
@@ -634,15 +625,10 @@ impl Coordinator {
     /// While experiments run, a logind delay inhibitor gives them time to stop at shutdown.
     fn hold_inhibitor(&mut self, running: usize) {
         if running > 0 && self.inhibitor.is_none() {
-            let login = dbus::system_bus().and_then(|b| Ok(dbus::LoginManagerProxy::new(b)?));
-            match login.and_then(|l| {
-                Ok(l.inhibit(
-                    "shutdown",
-                    "brain-experiment-coordinator",
-                    "experiments are running and stop gracefully",
-                    "delay",
-                )?)
-            }) {
+            match self.bus.inhibit_shutdown_delay(
+                "brain-experiment-coordinator",
+                "experiments are running and stop gracefully",
+            ) {
                 Ok(fd) => self.inhibitor = Some(fd),
                 Err(e) => log_warn!("cannot take a shutdown inhibitor: {e}"),
             }
@@ -656,17 +642,17 @@ impl Coordinator {
         let experiments = self
             .experiments()
             .iter()
-            .filter(|u| self.memory.contains_key(&u.0) || self.waiting.contains_key(&u.0))
+            .filter(|u| self.memory.contains_key(&u.name) || self.waiting.contains_key(&u.name))
             .map(|u| {
-                let queued = self.waiting.contains_key(&u.0);
-                let (memory, cpu_seconds) = metrics::measure(&u.6, &u.0);
+                let queued = self.waiting.contains_key(&u.name);
+                let (memory, cpu_seconds) = metrics::measure(&self.bus, &u.path, &u.name);
                 metrics::Experiment {
-                    unit: u.0.clone(),
-                    id: experiments::id_of(&u.0).unwrap_or_default(),
+                    unit: u.name.clone(),
+                    id: experiments::id_of(&u.name).unwrap_or_default(),
                     queued,
-                    memory_max: match self.waiting.get(&u.0) {
+                    memory_max: match self.waiting.get(&u.name) {
                         Some(q) => Some(q.memory),
-                        None => self.memory.get(&u.0).map(|d| d.bytes),
+                        None => self.memory.get(&u.name).map(|d| d.bytes),
                     },
                     memory: if queued { None } else { memory },
                     cpu_seconds: if queued { None } else { cpu_seconds },

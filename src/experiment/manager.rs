@@ -5,12 +5,10 @@ use super::config::{
 };
 use super::transient::RunSpec;
 use crate::coordinator::{GATE_COMM, policy};
-use crate::systemd::dbus::{self, SystemdError, UnitStatus, Verb};
+use crate::systemd::dbus::{Bus, Prop, ServiceState, SystemdError, UnitRow, Verb};
 use crate::systemd::procfs;
 use serde::Serialize;
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use zbus::zvariant::OwnedValue;
 
 /// What went wrong, by kind, so that a caller (brainctl) can say it and exit accordingly.
 #[derive(Debug, Clone, PartialEq)]
@@ -94,18 +92,14 @@ pub struct ExperimentStatus {
 
 pub struct ExperimentManager {
     dir: PathBuf,
-}
-
-impl Default for ExperimentManager {
-    fn default() -> Self {
-        ExperimentManager::new()
-    }
+    bus: Bus,
 }
 
 impl ExperimentManager {
-    pub fn new() -> ExperimentManager {
+    pub fn new(bus: Bus) -> ExperimentManager {
         ExperimentManager {
             dir: PathBuf::from(EXPERIMENTS_DIR),
+            bus,
         }
     }
 
@@ -119,8 +113,8 @@ impl ExperimentManager {
     fn unit_for(&self, id: &str) -> Result<String> {
         config::validate_id(id).map_err(ManagerError::InvalidId)?;
         let transient = config::transient_unit(id);
-        let loaded = dbus::list_units(&[&transient])?;
-        if loaded.iter().any(|u| u.3 != "inactive") {
+        let loaded = self.bus.list_units(&[&transient])?;
+        if loaded.iter().any(|u| u.active_state != "inactive") {
             return Ok(transient);
         }
         Ok(self.configured(id)?.unit())
@@ -131,7 +125,7 @@ impl ExperimentManager {
     /// the coordinator's reason when it refuses it.
     pub fn start_experiment(&self, id: &str) -> Result<String> {
         let unit = self.configured(id)?.unit();
-        dbus::run_and_wait(Verb::Start, &unit, None)?;
+        self.bus.run_and_wait(Verb::Start, &unit, None)?;
         Ok(unit)
     }
 
@@ -139,39 +133,38 @@ impl ExperimentManager {
     /// stop` of a stopped unit).
     pub fn stop_experiment(&self, id: &str) -> Result<Option<String>> {
         let unit = self.unit_for(id)?;
-        let running = dbus::list_units(&[&unit])?
+        let running = self
+            .bus
+            .list_units(&[&unit])?
             .iter()
-            .any(|u| !matches!(u.3.as_str(), "inactive" | "failed"));
+            .any(|u| !matches!(u.active_state.as_str(), "inactive" | "failed"));
         if !running {
             return Ok(None);
         }
-        dbus::run_and_wait(Verb::Stop, &unit, None)?;
+        self.bus.run_and_wait(Verb::Stop, &unit, None)?;
         Ok(Some(unit))
     }
 
     pub fn restart_experiment(&self, id: &str) -> Result<String> {
         let unit = self.unit_for(id)?;
-        dbus::run_and_wait(Verb::Restart, &unit, None)?;
+        self.bus.run_and_wait(Verb::Restart, &unit, None)?;
         Ok(unit)
     }
 
     /// Starts every enabled experiment (`brain-experiment.target`).
     pub fn start_all(&self) -> Result<()> {
-        Ok(dbus::run_and_wait(Verb::Start, TARGET, None)?)
+        Ok(self.bus.run_and_wait(Verb::Start, TARGET, None)?)
     }
 
     /// Stops every experiment, template and transient (they are all `PartOf=` the target).
     pub fn stop_all(&self) -> Result<()> {
-        Ok(dbus::run_and_wait(Verb::Stop, TARGET, None)?)
+        Ok(self.bus.run_and_wait(Verb::Stop, TARGET, None)?)
     }
 
     /// `systemctl enable brain-experiment@<id>`: it starts with the target, at boot too.
     pub fn enable_experiment(&self, id: &str) -> Result<String> {
         let unit = self.configured(id)?.unit();
-        let m = dbus::manager()?;
-        m.enable_unit_files(&[&unit], false, false)
-            .map_err(SystemdError::from)?;
-        m.reload().map_err(SystemdError::from)?;
+        self.bus.enable(&unit)?;
         Ok(unit)
     }
 
@@ -180,10 +173,7 @@ impl ExperimentManager {
     pub fn disable_experiment(&self, id: &str) -> Result<String> {
         let e = self.configured(id)?;
         let unit = e.unit();
-        let m = dbus::manager()?;
-        m.disable_unit_files(&[&unit], false)
-            .map_err(SystemdError::from)?;
-        m.reload().map_err(SystemdError::from)?;
+        self.bus.disable(&unit)?;
         if e.enabled {
             return Err(ManagerError::Invalid(format!(
                 "{unit} still starts with {TARGET}: {}/{id}.env says EXPERIMENT_ENABLED=yes; remove that line",
@@ -199,11 +189,8 @@ impl ExperimentManager {
         config::validate_id(&spec.id).map_err(ManagerError::InvalidId)?;
         let spec = spec.validate().map_err(ManagerError::Invalid)?;
         let unit = spec.unit();
-        let props = spec.properties();
-        let m = dbus::manager()?;
-        dbus::wait_for_job(&unit, "start", None, || {
-            Ok(m.start_transient_unit(&unit, "fail", &props, &[])?)
-        })?;
+        self.bus
+            .start_transient_and_wait(&unit, &spec.properties())?;
         Ok(unit)
     }
 
@@ -222,7 +209,7 @@ impl ExperimentManager {
     }
 
     /// Every experiment: the loaded units (one `ListUnitsByPatterns` call, then their properties
-    /// in one pipelined batch, see [`dbus::properties`]), and the configured ones that have no
+    /// in one pipelined batch, see [`Bus::states`]), and the configured ones that have no
     /// unit loaded.
     pub fn list_experiments(&self) -> Result<Vec<ExperimentStatus>> {
         self.statuses(None)
@@ -235,31 +222,25 @@ impl ExperimentManager {
             .into_iter()
             .filter(|e| only.is_none_or(|id| e.id == id))
             .collect();
-        let units: Vec<(String, UnitStatus)> =
-            dbus::list_units(&[TEMPLATE_PATTERN, TRANSIENT_PATTERN])?
-                .into_iter()
-                .filter_map(|u| Some((config::id_of(&u.0)?, u)))
-                .filter(|(id, _)| only.is_none_or(|only| id == only))
-                .collect();
-        let mut requests = Vec::new();
-        for (_, unit) in &units {
-            for name in wanted_properties(&unit.3) {
-                requests.push((&unit.6, dbus::SERVICE_INTERFACE, *name));
-            }
-        }
-        let mut values = dbus::properties(&requests)?.into_iter();
+        let units: Vec<(String, UnitRow)> = self
+            .bus
+            .list_units(&[TEMPLATE_PATTERN, TRANSIENT_PATTERN])?
+            .into_iter()
+            .filter_map(|u| Some((config::id_of(&u.name)?, u)))
+            .filter(|(id, _)| only.is_none_or(|only| id == only))
+            .collect();
+        let requests: Vec<_> = units
+            .iter()
+            .map(|(_, unit)| (&unit.path, wanted_properties(&unit.active_state)))
+            .collect();
+        let states = self.bus.states(&requests)?;
         let mut out = Vec::new();
-        for (id, unit) in &units {
-            let props: HashMap<&str, OwnedValue> = wanted_properties(&unit.3)
-                .iter()
-                .zip(values.by_ref())
-                .filter_map(|(name, v)| Some((*name, v?)))
-                .collect();
+        for ((id, unit), props) in units.iter().zip(&states) {
             let enabled = configured
                 .iter()
                 .find(|e| e.id == *id)
                 .map(|e| e.enabled || is_enabled(&e.unit()));
-            out.push(status_from(id.clone(), unit, &props, enabled));
+            out.push(status_from(id.clone(), unit, props, enabled));
         }
         // A queued experiment's main process is still its gate; why it waits is its status
         // text, read only for those.
@@ -269,16 +250,14 @@ impl ExperimentManager {
             .filter(|(_, s)| s.main_pid.and_then(procfs::comm).as_deref() == Some(GATE_COMM))
             .map(|(i, _)| i)
             .collect();
-        let texts = dbus::properties(
+        let texts = self.bus.states(
             &gates
                 .iter()
-                .map(|&i| (&units[i].1.6, dbus::SERVICE_INTERFACE, "StatusText"))
+                .map(|&i| (&units[i].1.path, &[Prop::StatusText][..]))
                 .collect::<Vec<_>>(),
         )?;
         for (i, text) in gates.into_iter().zip(texts) {
-            let text = text
-                .and_then(|t| String::try_from(t).ok())
-                .unwrap_or_default();
+            let text = text.status_text.unwrap_or_default();
             let (position, why) = policy::parse_queued_status(&text).map_or(
                 (None, "waiting for the coordinator".to_string()),
                 |(p, w)| (Some(p), w),
@@ -327,26 +306,31 @@ impl ExperimentManager {
 /// definition (it is reset when the unit starts, and a failure leaves those states), and the
 /// main process's start time and the memory figures are read from /proc and the unit's cgroup
 /// (see `systemd::procfs`).
-fn wanted_properties(active_state: &str) -> &'static [&'static str] {
-    const RUNNING: &[&str] = &["NRestarts", "MemoryMax", "CPUQuotaPerSecUSec", "MainPID"];
-    const CHANGING: &[&str] = &[
-        "NRestarts",
-        "ExecMainStartTimestamp",
-        "MemoryMax",
-        "CPUQuotaPerSecUSec",
-        "MainPID",
-        "ExecMainCode",
-        "ExecMainStatus",
-        "Result",
+fn wanted_properties(active_state: &str) -> &'static [Prop] {
+    const RUNNING: &[Prop] = &[
+        Prop::NRestarts,
+        Prop::MemoryMax,
+        Prop::CPUQuotaPerSecUSec,
+        Prop::MainPID,
     ];
-    const DOWN: &[&str] = &[
-        "NRestarts",
-        "ExecMainStartTimestamp",
-        "MemoryMax",
-        "CPUQuotaPerSecUSec",
-        "ExecMainCode",
-        "ExecMainStatus",
-        "Result",
+    const CHANGING: &[Prop] = &[
+        Prop::NRestarts,
+        Prop::ExecMainStartTimestamp,
+        Prop::MemoryMax,
+        Prop::CPUQuotaPerSecUSec,
+        Prop::MainPID,
+        Prop::ExecMainCode,
+        Prop::ExecMainStatus,
+        Prop::Result,
+    ];
+    const DOWN: &[Prop] = &[
+        Prop::NRestarts,
+        Prop::ExecMainStartTimestamp,
+        Prop::MemoryMax,
+        Prop::CPUQuotaPerSecUSec,
+        Prop::ExecMainCode,
+        Prop::ExecMainStatus,
+        Prop::Result,
     ];
     match active_state {
         _ if is_running(active_state) => RUNNING,
@@ -361,55 +345,51 @@ fn is_running(active_state: &str) -> bool {
     matches!(active_state, "active" | "reloading")
 }
 
-fn prop<T: TryFrom<OwnedValue>>(props: &HashMap<&str, OwnedValue>, name: &str) -> Option<T> {
-    props
-        .get(name)
-        .and_then(|v| v.try_clone().ok())
-        .and_then(|v| T::try_from(v).ok())
-}
-
 /// Builds a status from a `ListUnitsByPatterns` entry and the unit's service properties (those
 /// [`wanted_properties`] names).
 fn status_from(
     id: String,
-    unit: &UnitStatus,
-    props: &HashMap<&str, OwnedValue>,
+    unit: &UnitRow,
+    props: &ServiceState,
     enabled: Option<bool>,
 ) -> ExperimentStatus {
     let known = |v: Option<u64>| v.filter(|&x| x != u64::MAX);
-    let main_pid = prop::<u32>(props, "MainPID").filter(|&p| p != 0);
+    let main_pid = props.main_pid.filter(|&p| p != 0);
     let (memory_current, memory_peak) = main_pid
-        .map(|pid| procfs::memory_of(pid, &unit.0))
+        .map(|pid| procfs::memory_of(pid, &unit.name))
         .unwrap_or_default();
     ExperimentStatus {
-        kind: if unit.0.starts_with(config::TRANSIENT_PREFIX) {
+        kind: if unit.name.starts_with(config::TRANSIENT_PREFIX) {
             "transient"
         } else {
             "template"
         },
         id,
-        unit: unit.0.clone(),
+        unit: unit.name.clone(),
         enabled,
-        active_state: unit.3.clone(),
-        sub_state: unit.4.clone(),
-        since: prop::<u64>(props, "ExecMainStartTimestamp")
+        active_state: unit.active_state.clone(),
+        sub_state: unit.sub_state.clone(),
+        since: props
+            .exec_main_start_timestamp
             .or_else(|| main_pid.and_then(procfs::start_usec))
             .and_then(crate::time::from_usec)
             .map(|t| crate::time::rfc3339(&t)),
         main_pid,
         memory_current,
         memory_peak,
-        memory_limit: known(prop(props, "MemoryMax")),
-        cpu_quota_percent: prop(props, "CPUQuotaPerSecUSec")
+        memory_limit: known(props.memory_max),
+        cpu_quota_percent: props
+            .cpu_quota_per_sec_usec
             .and_then(crate::systemd::quota::percent_from_usec),
-        restarts: prop(props, "NRestarts").unwrap_or(0),
+        restarts: props.n_restarts.unwrap_or(0),
         // ExecMainCode is 0 until the main process has exited (CLD_EXITED and so on after).
-        last_exit_status: prop::<i32>(props, "ExecMainStatus")
-            .filter(|_| prop::<i32>(props, "ExecMainCode").unwrap_or(0) != 0),
-        result: if is_running(&unit.3) {
+        last_exit_status: props
+            .exec_main_status
+            .filter(|_| props.exec_main_code.unwrap_or(0) != 0),
+        result: if is_running(&unit.active_state) {
             "success".into()
         } else {
-            prop(props, "Result").unwrap_or_default()
+            props.result.clone().unwrap_or_default()
         },
         queued: None,
         queue_position: None,

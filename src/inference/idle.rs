@@ -9,7 +9,8 @@ use super::models;
 use crate::shutdown::schedule::{Action, ScheduleRequest};
 use crate::shutdown::state::StateStore;
 use crate::shutdown::{Outcome, Schedules};
-use crate::systemd::dbus::{self, Verb};
+use crate::systemd::dbus::{Bus, Verb};
+use crate::systemd::view::UnitView;
 use crate::{log_info, log_warn};
 use chrono::{DateTime, Duration, Local};
 
@@ -66,7 +67,7 @@ pub fn decide(
 }
 
 /// One run of the check (`inference-service --check-idle`).
-pub fn check(config: &Config, store: &ActivityStore) -> anyhow::Result<()> {
+pub fn check(config: &Config, store: &ActivityStore, bus: &Bus) -> anyhow::Result<()> {
     let now = Local::now();
     let mut activity = store.load();
     if let Some(last) = activity
@@ -79,11 +80,12 @@ pub fn check(config: &Config, store: &ActivityStore) -> anyhow::Result<()> {
     {
         return Ok(());
     }
-    let running = models::running_since()?;
+    // A one-shot check: a view that is not watching reads from systemd once.
+    let running = models::running_since(bus, &UnitView::new(&[models::UNIT_PATTERN]))?;
     let decision = decide(config, &activity, &running, now);
     for name in &decision.stop {
         let unit = models::unit_of(name).expect("names from unit names fit");
-        match dbus::run_and_wait(Verb::Stop, &unit, Some(std::time::Duration::from_secs(90))) {
+        match bus.run_and_wait(Verb::Stop, &unit, Some(std::time::Duration::from_secs(90))) {
             Ok(()) => log_info!(
                 "stopped {unit}: no activity for {} minutes",
                 config.idle_threshold_minutes
@@ -92,7 +94,7 @@ pub fn check(config: &Config, store: &ActivityStore) -> anyhow::Result<()> {
         }
     }
     if decision.power_off {
-        schedule_power_off(now)?;
+        schedule_power_off(bus, now)?;
     }
     activity.last_check = Some(crate::time::rfc3339(&now));
     activity.all_idle_since = decision.all_idle_since.map(|t| crate::time::rfc3339(&t));
@@ -102,14 +104,19 @@ pub fn check(config: &Config, store: &ActivityStore) -> anyhow::Result<()> {
 /// Schedules a one-off power-off [`POWER_OFF_DELAY_SECONDS`] ahead through the shutdown
 /// module's one scheduling function (its lock, its conflict rules, its state file): nothing
 /// happens when a one-off power action (power-off or reboot) is pending already.
-fn schedule_power_off(now: DateTime<Local>) -> anyhow::Result<()> {
+fn schedule_power_off(bus: &Bus, now: DateTime<Local>) -> anyhow::Result<()> {
     let request = ScheduleRequest {
         calendar: format!("@{}", now.timestamp() + POWER_OFF_DELAY_SECONDS),
         action: Action::Poweroff,
         replace: false,
         minutes: None,
     };
-    let schedules = Schedules::new(StateStore::new(None));
+    // A process of its own that lives for one check: its view asks systemd on every read.
+    let schedules = Schedules::new(
+        StateStore::new(None),
+        std::sync::Arc::new(bus.clone()),
+        UnitView::new(crate::shutdown::schedule::TIMER_PATTERNS),
+    );
     match schedules
         .schedule(&request, now)
         .map_err(|e| anyhow::anyhow!("cannot schedule the idle power-off: {}", e.message))?

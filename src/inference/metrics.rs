@@ -19,10 +19,14 @@ pub fn start_failed(model: &str) {
 }
 
 /// The states systemd reports for the `model@` units it has loaded: model name -> active state.
-pub fn unit_states() -> Result<BTreeMap<String, String>, crate::systemd::dbus::SystemdError> {
-    Ok(crate::systemd::dbus::list_units(&[models::UNIT_PATTERN])?
+pub fn unit_states(
+    systemd: &dyn crate::systemd::dbus::Systemd,
+    view: &crate::systemd::view::UnitView,
+) -> Result<BTreeMap<String, String>, crate::systemd::dbus::SystemdError> {
+    Ok(view
+        .units(systemd, &[models::UNIT_PATTERN])?
         .into_iter()
-        .filter_map(|u| models::name_of(&u.0).map(|name| (name, u.3)))
+        .filter_map(|u| models::name_of(&u.row.name).map(|name| (name, u.row.active_state)))
         .collect())
 }
 

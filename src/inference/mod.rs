@@ -11,13 +11,15 @@ pub mod models;
 
 use crate::http::auth::Auth;
 use crate::http::{self, ApiError, Method, Request, Response, Service};
-use crate::systemd::dbus::{self, Verb};
+use crate::systemd::dbus::{Bus, Prop, Systemd, Verb};
+use crate::systemd::view::UnitView;
 use activity::ActivityStore;
 use chrono::Local;
 use config::Config;
 use models::Model;
 use serde_json::{Map, Value, json};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub const SERVICE_NAME: &str = "Inference Model Service";
@@ -63,20 +65,29 @@ pub struct InferenceService {
     auth: Auth,
     dir: PathBuf,
     activity: ActivityStore,
+    systemd: Arc<dyn Systemd>,
+    /// The `model@` units, kept current from systemd's signals.
+    view: Arc<UnitView>,
 }
 
 impl InferenceService {
+    /// The service over `systemd`, reading through `view` (a view that is not watching asks
+    /// `systemd` on every read).
     pub fn new(
         config: Config,
         auth: Auth,
         dir: PathBuf,
         activity: ActivityStore,
+        systemd: Arc<dyn Systemd>,
+        view: Arc<UnitView>,
     ) -> InferenceService {
         InferenceService {
             config,
             auth,
             dir,
             activity,
+            systemd,
+            view,
         }
     }
 
@@ -110,7 +121,12 @@ impl InferenceService {
     fn act(&self, raw: &str, verb: Verb) -> Result<Response, ApiError> {
         let model = self.model(raw)?;
         let unit = model.unit();
-        dbus::run_and_wait(verb, &unit, Some(Duration::from_secs(90))).map_err(|e| {
+        let done = self
+            .systemd
+            .run_and_wait(verb, &unit, Some(Duration::from_secs(90)));
+        // The answer and the next read agree, whatever the job's end.
+        self.view.sync();
+        done.map_err(|e| {
             if verb != Verb::Stop {
                 metrics::start_failed(&model.name);
             }
@@ -139,11 +155,19 @@ impl InferenceService {
     fn model_status(&self, raw: &str) -> Result<Response, ApiError> {
         let model = self.model(raw)?;
         let unit = model.unit();
-        let (u, s) = dbus::unit(&unit).map_err(ApiError::from)?;
-        let since = u
-            .state_change_timestamp()
-            .ok()
-            .and_then(crate::time::from_usec);
+        let s = self.systemd.state(
+            &unit,
+            &[
+                Prop::ActiveState,
+                Prop::SubState,
+                Prop::StateChangeTimestamp,
+                Prop::MainPID,
+                Prop::MemoryCurrent,
+                Prop::NRestarts,
+                Prop::Result,
+            ],
+        )?;
+        let since = s.state_change_timestamp.and_then(crate::time::from_usec);
         let mut body = model.json();
         if let Value::Object(map) = &mut body {
             map.extend(Map::from_iter([
@@ -151,11 +175,11 @@ impl InferenceService {
                 ("unit".to_string(), json!(unit)),
                 (
                     "active_state".to_string(),
-                    json!(u.active_state().unwrap_or_default()),
+                    json!(s.active_state.unwrap_or_default()),
                 ),
                 (
                     "sub_state".to_string(),
-                    json!(u.sub_state().unwrap_or_default()),
+                    json!(s.sub_state.unwrap_or_default()),
                 ),
                 (
                     "since".to_string(),
@@ -163,17 +187,17 @@ impl InferenceService {
                 ),
                 (
                     "main_pid".to_string(),
-                    json!(s.main_pid().unwrap_or_default()),
+                    json!(s.main_pid.unwrap_or_default()),
                 ),
                 (
                     "memory_bytes".to_string(),
-                    json!(s.memory_current().ok().filter(|&m| m != u64::MAX)),
+                    json!(s.memory_current.filter(|&m| m != u64::MAX)),
                 ),
                 (
                     "restarts".to_string(),
-                    json!(s.n_restarts().unwrap_or_default()),
+                    json!(s.n_restarts.unwrap_or_default()),
                 ),
-                ("result".to_string(), json!(s.result().unwrap_or_default())),
+                ("result".to_string(), json!(s.result.unwrap_or_default())),
             ]));
         }
         Ok(Response::ok(body))
@@ -195,7 +219,7 @@ impl InferenceService {
     fn activity_view(&self, route: Route) -> Result<Response, ApiError> {
         let now = Local::now();
         let activity = self.activity.load();
-        let running = models::running_since()?;
+        let running = models::running_since(&*self.systemd, &self.view)?;
         let idle = |name: &str| {
             running
                 .iter()
@@ -241,7 +265,7 @@ impl InferenceService {
 
     /// `GET /metrics`: read-only, like the other GETs (see `metrics.rs`).
     fn metrics(&self) -> Result<Response, ApiError> {
-        let states = metrics::unit_states()?;
+        let states = metrics::unit_states(&*self.systemd, &self.view)?;
         let page = metrics::page(&self.models()?, &states, &self.activity.load());
         Ok(Response::text(crate::metrics::CONTENT_TYPE, page))
     }
@@ -289,7 +313,7 @@ impl Service for InferenceService {
                 let list: Vec<Value> = list.iter().map(Model::json).collect();
                 Response::ok(json!({"status": "success", "count": list.len(), "models": list}))
             }),
-            Route::Running => models::running()
+            Route::Running => models::running(&*self.systemd, &self.view)
                 .map_err(ApiError::from)
                 .map(|names| Response::ok(json!({"status": "success", "running_models": names}))),
             Route::Active | Route::Idle | Route::Activity => self.activity_view(route),
@@ -307,14 +331,167 @@ impl Service for InferenceService {
 /// What to check when polkit refuses the service a model unit.
 const DENIED_HINT: &str = "the polkit rule that lets user abc start, stop and restart model@*.service (50-homelab.rules) is missing or does not match";
 
-/// Builds the service from its configuration file and credential.
-pub fn from_environment() -> anyhow::Result<InferenceService> {
+/// Builds the service from its configuration file and credential, and starts following the
+/// model units on `bus` (in the background: the first request does not wait for it).
+pub fn from_environment(bus: &Bus) -> anyhow::Result<InferenceService> {
     let config = Config::load()?;
     let auth = Auth::load(config.auth.enabled)?;
+    let view = UnitView::new(&[models::UNIT_PATTERN]);
+    view.watch(bus);
     Ok(InferenceService::new(
         config,
         auth,
         models::config_dir(),
         ActivityStore::new(None),
+        Arc::new(bus.clone()),
+        view,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::systemd::fake::{FakeSystemd, Refusal};
+
+    const TOKEN: &str = "0123456789abcdef0123";
+
+    /// A service over `fake`, with one model `llama.env`; returns its folder too.
+    fn service(fake: &Arc<FakeSystemd>, name: &str) -> (InferenceService, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("homelab-inf-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("models")).unwrap();
+        std::fs::write(dir.join("models/llama.env"), "PORT=8081\n").unwrap();
+        let svc = InferenceService::new(
+            Config::default(),
+            Auth::from_token(TOKEN).unwrap(),
+            dir.join("models"),
+            ActivityStore::new(Some(&dir.join("state"))),
+            fake.clone(),
+            UnitView::new(&[models::UNIT_PATTERN]),
+        );
+        (svc, dir)
+    }
+
+    fn post(svc: &InferenceService, path: &str) -> Response {
+        svc.handle(
+            &Request::new(Method::Post, path)
+                .with_header("Authorization", &format!("Bearer {TOKEN}")),
+        )
+    }
+
+    fn get(svc: &InferenceService, path: &str) -> Response {
+        svc.handle(&Request::new(Method::Get, path))
+    }
+
+    #[test]
+    fn start_list_and_stop_a_model_through_systemd() {
+        let fake = Arc::new(FakeSystemd::new());
+        let (svc, dir) = service(&fake, "happy");
+        assert_eq!(
+            get(&svc, "/models/running").body["running_models"],
+            json!([])
+        );
+        let r = post(&svc, "/models/llama.env/start");
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.body["message"], "Successfully started model llama.env");
+        assert!(
+            fake.calls()
+                .contains(&"start model@llama.env.service".to_string())
+        );
+        assert_eq!(
+            get(&svc, "/models/running").body["running_models"],
+            json!(["llama.env"])
+        );
+        let status = get(&svc, "/models/llama.env");
+        assert_eq!(status.status, 200);
+        assert_eq!(status.body["active_state"], "active");
+        assert_eq!(status.body["port"], 8081);
+        let r = post(&svc, "/models/llama.env/stop");
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(
+            get(&svc, "/models/running").body["running_models"],
+            json!([])
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_polkit_denial_is_502_naming_the_model_and_starts_nothing() {
+        let fake = Arc::new(FakeSystemd::new());
+        fake.refuse("start", "model@*", Refusal::Denied);
+        let (svc, dir) = service(&fake, "denied");
+        let r = post(&svc, "/models/llama.env/start");
+        assert_eq!(r.status, 502);
+        assert_eq!(r.body["status"], "error");
+        let message = r.body["message"].as_str().unwrap();
+        assert!(
+            message.starts_with("model llama.env did not start"),
+            "{message}"
+        );
+        assert!(message.contains("polkit"), "{message}");
+        assert_eq!(fake.active_state("model@llama.env.service"), None);
+        assert_eq!(
+            get(&svc, "/models/running").body["running_models"],
+            json!([])
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_failed_start_is_502_with_the_job_and_unit_results() {
+        let fake = Arc::new(FakeSystemd::new());
+        fake.refuse("start", "*", Refusal::JobFailed);
+        let (svc, dir) = service(&fake, "jobfailed");
+        let r = post(&svc, "/models/llama.env/start");
+        assert_eq!(r.status, 502);
+        assert_eq!(r.body["job_result"], "failed");
+        assert_eq!(r.body["result"], "exit-code");
+        assert_eq!(r.body["unit"], "model@llama.env.service");
+        assert!(!r.body["journal"].as_array().unwrap().is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn systemd_refusing_reads_is_502_and_unknown_models_ask_it_nothing() {
+        let fake = Arc::new(FakeSystemd::new());
+        fake.refuse("state", "*", Refusal::NoSuchUnit);
+        fake.refuse("list", "*", Refusal::Unreachable);
+        let (svc, dir) = service(&fake, "refused");
+        let r = get(&svc, "/models/llama.env");
+        assert_eq!(r.status, 502);
+        assert!(r.body["message"].as_str().unwrap().contains("no such unit"));
+        for path in ["/models/running", "/models/idle"] {
+            let r = get(&svc, path);
+            assert_eq!(
+                (r.status, &r.body["status"]),
+                (502, &json!("error")),
+                "{path}"
+            );
+        }
+        let calls = fake.calls().len();
+        assert_eq!(post(&svc, "/models/nope/start").status, 404);
+        assert_eq!(post(&svc, "/models/..%2Fx/start").status, 400);
+        assert_eq!(
+            fake.calls().len(),
+            calls,
+            "no call for a model that is not there"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_model_vanishing_between_listing_and_read_answers_consistently() {
+        let fake = Arc::new(FakeSystemd::new());
+        fake.add("model@llama.env.service", "active", "running");
+        let (svc, dir) = service(&fake, "vanish");
+        fake.vanish_after_list("model@llama.env.service");
+        // Listed as running, gone before its start time is read: still a 200, and then gone.
+        let r = get(&svc, "/models/activity");
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(
+            get(&svc, "/models/running").body["running_models"],
+            json!([])
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

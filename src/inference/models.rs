@@ -1,7 +1,9 @@
 //! Model configurations: every regular, non-hidden file in the models folder is a model; its
 //! name is the file name; the file is a `KEY=VALUE` environment file that `model@.service` loads.
 
+use crate::systemd::dbus::{Systemd, SystemdError};
 use crate::systemd::escape;
+use crate::systemd::view::UnitView;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 
@@ -43,29 +45,26 @@ pub fn name_of(unit: &str) -> Option<String> {
 /// A running model: its name, and when its unit became active.
 pub type Running = (String, Option<chrono::DateTime<chrono::Local>>);
 
-/// Names of the running models, sorted: one `ListUnitsByPatterns` call for all `model@*` units.
-pub fn running() -> Result<Vec<String>, crate::systemd::dbus::SystemdError> {
-    Ok(crate::systemd::dbus::list_units(&[UNIT_PATTERN])?
+/// Names of the running models, sorted: from the view of the `model@*` units (or, when it is
+/// not live, one `ListUnitsByPatterns` call).
+pub fn running(sd: &dyn Systemd, view: &UnitView) -> Result<Vec<String>, SystemdError> {
+    Ok(running_since(sd, view)?
         .into_iter()
-        .filter(|u| u.3 == "active" || u.3 == "reloading")
-        .filter_map(|u| name_of(&u.0))
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
+        .map(|(name, _)| name)
         .collect())
 }
 
-/// The running models with when each unit became active (for the idle policy; one property
-/// read per running model on top of the listing).
-pub fn running_since() -> Result<Vec<Running>, crate::systemd::dbus::SystemdError> {
-    Ok(running()?
+/// The running models with when each unit became active (for the idle policy), sorted by name.
+pub fn running_since(sd: &dyn Systemd, view: &UnitView) -> Result<Vec<Running>, SystemdError> {
+    let by_name: std::collections::BTreeMap<String, Option<u64>> = view
+        .units(sd, &[UNIT_PATTERN])?
         .into_iter()
-        .map(|name| {
-            let since = unit_of(&name)
-                .and_then(|unit| crate::systemd::dbus::unit(&unit).ok())
-                .and_then(|(unit, _)| unit.active_enter_timestamp().ok())
-                .and_then(crate::time::from_usec);
-            (name, since)
-        })
+        .filter(|u| u.row.is_up())
+        .filter_map(|u| Some((name_of(&u.row.name)?, u.active_enter_usec)))
+        .collect();
+    Ok(by_name
+        .into_iter()
+        .map(|(name, since)| (name, since.and_then(crate::time::from_usec)))
         .collect())
 }
 

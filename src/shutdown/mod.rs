@@ -12,15 +12,19 @@ pub mod schedule;
 pub mod state;
 pub mod system;
 
+use crate::experiment::config::{TEMPLATE_PATTERN, TRANSIENT_PATTERN};
 use crate::http::auth::Auth;
 use crate::http::{self, ApiError, Method, Request, Response, Service};
-use crate::systemd::dbus::{self, SystemdError};
+use crate::systemd::dbus::{Bus, Prop, Systemd, Verb};
+use crate::systemd::view::{UnitView, ViewUnit};
 use crate::{log_info, log_warn};
 use chrono::{DateTime, Local};
 use config::Config;
 use schedule::{Conflict, Kind, Pending, ScheduleRequest};
 use serde_json::{Value, json};
 use state::{State, StateStore};
+use std::sync::Arc;
+use std::time::Duration;
 
 pub const SERVICE_NAME: &str = "Shutdown Service";
 
@@ -61,12 +65,31 @@ pub struct ShutdownService {
     schedules: Schedules,
 }
 
+/// Every unit the service reads: its timers, and the experiments a shutdown would stop.
+pub const VIEW_PATTERNS: &[&str] = &[
+    "homelab-shutdown@*.timer",
+    "homelab-reboot@*.timer",
+    TEMPLATE_PATTERN,
+    TRANSIENT_PATTERN,
+];
+
+/// How long starting or stopping a timer may take (milliseconds, normally).
+const TIMER_JOB_TIMEOUT: Duration = Duration::from_secs(10);
+
 impl ShutdownService {
-    pub fn new(config: Config, auth: Auth, store: StateStore) -> ShutdownService {
+    /// The service over `systemd`, reading through `view` (a view that is not watching asks
+    /// `systemd` on every read).
+    pub fn new(
+        config: Config,
+        auth: Auth,
+        store: StateStore,
+        systemd: Arc<dyn Systemd>,
+        view: Arc<UnitView>,
+    ) -> ShutdownService {
         ShutdownService {
             config,
             auth,
-            schedules: Schedules::new(store),
+            schedules: Schedules::new(store, systemd, view),
         }
     }
 }
@@ -84,11 +107,19 @@ pub enum Outcome {
 /// boot-time restore's) goes through here, under the state store's lock.
 pub struct Schedules {
     store: StateStore,
+    systemd: Arc<dyn Systemd>,
+    /// Our timers (and, for the service, the experiments), kept current from systemd's signals
+    /// where the view watches; a view that does not watch asks `systemd` on every read.
+    view: Arc<UnitView>,
 }
 
 impl Schedules {
-    pub fn new(store: StateStore) -> Schedules {
-        Schedules { store }
+    pub fn new(store: StateStore, systemd: Arc<dyn Systemd>, view: Arc<UnitView>) -> Schedules {
+        Schedules {
+            store,
+            systemd,
+            view,
+        }
     }
 
     /// The lock every read-modify-write of schedules holds (see [`StateStore::lock`]): with it,
@@ -98,40 +129,40 @@ impl Schedules {
         self.store.lock().map_err(internal)
     }
 
-    /// Every timer of ours systemd has loaded: (unit, active state, sub state, object path).
-    fn timers(&self) -> Result<Vec<Timer>, ApiError> {
-        Ok(dbus::list_units(schedule::TIMER_PATTERNS)
-            .map_err(ApiError::from)?
-            .into_iter()
-            .map(|(name, _, _, active, sub, _, path, ..)| Timer {
-                unit: name,
-                active,
-                sub,
-                path,
-            })
-            .collect())
+    /// Every timer of ours systemd has loaded, with its next elapse.
+    fn timers(&self) -> Result<Vec<ViewUnit>, ApiError> {
+        Ok(self.view.units(&*self.systemd, schedule::TIMER_PATTERNS)?)
     }
 
     /// Pending schedules, soonest first: systemd's waiting timers joined with `state`.
-    fn join(&self, timers: &[Timer], state: &State) -> Result<Vec<Pending>, ApiError> {
+    fn join(&self, timers: &[ViewUnit], state: &State) -> Result<Vec<Pending>, ApiError> {
         let mut pending = Vec::new();
         for t in timers {
-            if t.active != "active" || t.sub != "waiting" {
+            if t.row.active_state != "active" || t.row.sub_state != "waiting" {
                 continue;
             }
-            let Some((calendar, action)) = schedule::parse_unit(&t.unit) else {
+            let Some((calendar, action)) = schedule::parse_unit(&t.row.name) else {
                 continue;
             };
-            let next = match schedule::one_off_usec(&calendar) {
-                Some(usec) => usec,
-                None => dbus::timer_next_elapse(&t.path).map_err(ApiError::from)?,
+            // A recurring timer's next elapse not known yet (it has just appeared): asked;
+            // none (it went away between the listing and the read): it is not pending.
+            let next = schedule::one_off_usec(&calendar)
+                .or(t.next_elapse_usec)
+                .or_else(|| {
+                    self.systemd
+                        .state(&t.row.name, &[Prop::NextElapseUSecRealtime])
+                        .ok()?
+                        .next_elapse_usec_realtime
+                });
+            let Some(next) = next else {
+                continue;
             };
             pending.push(Pending {
-                unit: t.unit.clone(),
+                unit: t.row.name.clone(),
                 calendar,
                 action,
                 next_elapse_usec: next,
-                stored: state.schedules.get(&t.unit).cloned(),
+                stored: state.schedules.get(&t.row.name).cloned(),
             });
         }
         pending.sort_by_key(|p| p.next_elapse_usec);
@@ -178,12 +209,16 @@ impl Schedules {
                 s.schedules.insert(unit.clone(), start.stored);
             })
             .map_err(internal)?;
-        if let Err(e) = dbus::start_unit_and_wait(&unit) {
+        if let Err(e) = self
+            .systemd
+            .run_and_wait(Verb::Start, &unit, Some(TIMER_JOB_TIMEOUT))
+        {
             let _ = self.store.update(|s| {
                 s.schedules.remove(&unit);
             });
             return Err(e.into());
         }
+        self.view.sync();
         for old in &start.replaced {
             self.stop(old)?;
         }
@@ -209,9 +244,9 @@ impl Schedules {
 
     /// Stops a timer and forgets it. Call with the lock held.
     fn stop(&self, unit: &str) -> Result<(), ApiError> {
-        dbus::manager()
-            .and_then(|m| Ok(m.stop_unit(unit, "replace")?))
-            .map_err(ApiError::from)?;
+        self.systemd
+            .run_and_wait(Verb::Stop, unit, Some(TIMER_JOB_TIMEOUT))?;
+        self.view.sync();
         self.store
             .update(|s| {
                 s.schedules.remove(unit);
@@ -292,15 +327,17 @@ impl ShutdownService {
         let now = Local::now();
         let pending = self.pending()?;
         // Experiments that a shutdown would stop (they get the coordinator's delay inhibitor).
-        let running: Vec<String> = dbus::list_units(&[
-            crate::experiment::config::TEMPLATE_PATTERN,
-            crate::experiment::config::TRANSIENT_PATTERN,
-        ])
-        .map_err(ApiError::from)?
-        .into_iter()
-        .filter(|u| u.3 == "active")
-        .filter_map(|u| crate::experiment::config::id_of(&u.0))
-        .collect();
+        let running: Vec<String> = self
+            .schedules
+            .view
+            .units(
+                &*self.schedules.systemd,
+                &[TEMPLATE_PATTERN, TRANSIENT_PATTERN],
+            )?
+            .into_iter()
+            .filter(|u| u.row.active_state == "active")
+            .filter_map(|u| crate::experiment::config::id_of(&u.row.name))
+            .collect();
         Ok(Response::ok(json!({
             "status": "success",
             "has_shutdown": !pending.is_empty(),
@@ -401,19 +438,11 @@ impl Service for ShutdownService {
     }
 }
 
-/// One timer of ours as `ListUnitsByPatterns` reports it.
-struct Timer {
-    unit: String,
-    active: String,
-    sub: String,
-    path: zbus::zvariant::OwnedObjectPath,
-}
-
 /// Whether the state entry of `unit` stays: systemd still has its timer, and not inactive.
-fn keeps_entry(timers: &[Timer], unit: &str) -> bool {
-    timers
-        .iter()
-        .any(|t| t.unit == unit && t.active != "inactive" && t.active != "failed")
+fn keeps_entry(timers: &[ViewUnit], unit: &str) -> bool {
+    timers.iter().any(|t| {
+        t.row.name == unit && t.row.active_state != "inactive" && t.row.active_state != "failed"
+    })
 }
 
 /// What to check when polkit refuses the service a timer.
@@ -495,11 +524,10 @@ fn check_calendar(expr: &str) -> Result<(), ApiError> {
 /// machine was off: those are dropped with a log line and never acted on. Each timer is named
 /// from the entry's calendar and action (an entry kept under another name, as a reboot under
 /// `homelab-shutdown@`, gets the timer of its action).
-pub fn restore(store: &StateStore) -> anyhow::Result<()> {
+pub fn restore(store: &StateStore, bus: &Bus) -> anyhow::Result<()> {
     let now = Local::now().timestamp() as u64 * 1_000_000;
     let _guard = store.lock()?;
     let state = store.load();
-    let manager = dbus::manager()?;
     let mut keep = State {
         version: 1,
         ..State::default()
@@ -517,7 +545,7 @@ pub fn restore(store: &StateStore) -> anyhow::Result<()> {
             log_warn!("dropping the entry {key:?}: its calendar cannot be a timer's name");
             continue;
         };
-        match manager.start_unit(&unit, "replace") {
+        match bus.enqueue(Verb::Start, &unit) {
             Ok(_) => {
                 log_info!(
                     "restored {} schedule {} ({unit})",
@@ -528,13 +556,13 @@ pub fn restore(store: &StateStore) -> anyhow::Result<()> {
                 // from before the action was in the name): that timer must not fire too.
                 if key != &unit
                     && schedule::parse_unit(key).is_some()
-                    && let Err(e) = manager.stop_unit(key, "replace")
+                    && let Err(e) = bus.enqueue(Verb::Stop, key)
                 {
-                    log_warn!("could not stop {key}: {}", SystemdError::from(e));
+                    log_warn!("could not stop {key}: {e}");
                 }
                 keep.schedules.insert(unit, stored.clone());
             }
-            Err(e) => log_warn!("could not restore {unit}: {}", SystemdError::from(e)),
+            Err(e) => log_warn!("could not restore {unit}: {e}"),
         }
     }
     if keep != state {
@@ -543,16 +571,26 @@ pub fn restore(store: &StateStore) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Builds the service from its configuration file and credential.
-pub fn from_environment() -> anyhow::Result<ShutdownService> {
+/// Builds the service from its configuration file and credential, and starts following its
+/// units on `bus` (in the background: the first request does not wait for it).
+pub fn from_environment(bus: &Bus) -> anyhow::Result<ShutdownService> {
     let config = Config::load()?;
     let auth = Auth::load(config.auth_enabled)?;
-    Ok(ShutdownService::new(config, auth, StateStore::new(None)))
+    let view = UnitView::new(VIEW_PATTERNS);
+    view.watch(bus);
+    Ok(ShutdownService::new(
+        config,
+        auth,
+        StateStore::new(None),
+        Arc::new(bus.clone()),
+        view,
+    ))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::systemd::fake::{FakeSystemd, Refusal};
 
     #[test]
     fn schedule_ids_must_look_like_ids() {
@@ -572,10 +610,13 @@ mod tests {
     #[test]
     fn mutating_routes_need_the_token_before_anything_else() {
         let dir = std::env::temp_dir().join(format!("homelab-auth-{}", std::process::id()));
+        let fake = Arc::new(FakeSystemd::new());
         let svc = ShutdownService::new(
             Config::default(),
             Auth::from_token("0123456789abcdef0123").unwrap(),
             StateStore::new(Some(&dir)),
+            fake.clone(),
+            UnitView::new(VIEW_PATTERNS),
         );
         for (m, path) in [
             (Method::Post, "/shutdown/schedule"),
@@ -598,5 +639,207 @@ mod tests {
         );
         assert_eq!(r.status, 400);
         assert!(!dir.exists(), "nothing was written");
+        assert!(fake.calls().is_empty(), "systemd was asked nothing");
+    }
+
+    const TOKEN: &str = "0123456789abcdef0123";
+
+    /// A service over `fake`, with its state in a fresh folder.
+    fn service(fake: &Arc<FakeSystemd>, name: &str) -> (ShutdownService, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("homelab-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        // What StateDirectory= makes.
+        std::fs::create_dir_all(&dir).unwrap();
+        let svc = ShutdownService::new(
+            Config::default(),
+            Auth::from_token(TOKEN).unwrap(),
+            StateStore::new(Some(&dir)),
+            fake.clone(),
+            UnitView::new(VIEW_PATTERNS),
+        );
+        (svc, dir)
+    }
+
+    fn with_token(method: Method, path: &str, body: &str) -> Request {
+        Request::new(method, path)
+            .with_header("Authorization", &format!("Bearer {TOKEN}"))
+            .with_body(body)
+    }
+
+    fn get(svc: &ShutdownService, path: &str) -> Response {
+        svc.handle(&Request::new(Method::Get, path))
+    }
+
+    fn state_file(dir: &std::path::Path) -> Option<String> {
+        std::fs::read_to_string(dir.join("schedules.json")).ok()
+    }
+
+    /// The units the state file has entries for.
+    fn state_units(dir: &std::path::Path) -> Vec<String> {
+        let state: Value = serde_json::from_str(&state_file(dir).unwrap_or("{}".into())).unwrap();
+        state["schedules"]
+            .as_object()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn schedule_list_and_cancel_through_systemd() {
+        let fake = Arc::new(FakeSystemd::new());
+        let (svc, dir) = service(&fake, "happy");
+        assert_eq!(get(&svc, "/shutdown/schedules").body["count"], 0);
+        let r = svc.handle(&with_token(
+            Method::Post,
+            "/shutdown/schedule",
+            r#"{"minutes": 30}"#,
+        ));
+        assert_eq!(r.status, 200, "{}", r.body);
+        let unit = r.body["unit"].as_str().unwrap().to_string();
+        assert!(unit.starts_with("homelab-shutdown@"), "{unit}");
+        assert_eq!(fake.active_state(&unit).as_deref(), Some("active"));
+        assert!(fake.calls().contains(&format!("start {unit}")));
+        assert_eq!(state_units(&dir), std::slice::from_ref(&unit));
+
+        let list = get(&svc, "/shutdown/schedules");
+        assert_eq!(list.body["count"], 1);
+        assert_eq!(list.body["schedules"][0]["unit"], unit.as_str());
+        assert_eq!(
+            get(&svc, "/shutdown/next").body["shutdown"]["unit"],
+            unit.as_str()
+        );
+        let status = get(&svc, "/shutdown/status");
+        assert_eq!(status.status, 200);
+        assert_eq!(status.body["has_shutdown"], true);
+
+        let r = svc.handle(&with_token(Method::Post, "/shutdown/cancel", ""));
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.body["cancelled_shutdown"]["unit"], unit.as_str());
+        assert_eq!(fake.active_state(&unit).as_deref(), Some("inactive"));
+        assert_eq!(get(&svc, "/shutdown/schedules").body["count"], 0);
+        assert!(state_units(&dir).is_empty());
+        // Nothing left to cancel: 404, and no stop is asked.
+        let stops = fake
+            .calls()
+            .iter()
+            .filter(|c| c.starts_with("stop"))
+            .count();
+        let r = svc.handle(&with_token(Method::Post, "/shutdown/cancel", ""));
+        assert_eq!((r.status, &r.body["status"]), (404, &json!("error")));
+        assert_eq!(
+            fake.calls()
+                .iter()
+                .filter(|c| c.starts_with("stop"))
+                .count(),
+            stops
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_polkit_denial_is_502_and_leaves_no_schedule() {
+        let fake = Arc::new(FakeSystemd::new());
+        fake.refuse("start", "homelab-shutdown@*", Refusal::Denied);
+        let (svc, dir) = service(&fake, "denied");
+        let r = svc.handle(&with_token(
+            Method::Post,
+            "/shutdown/schedule",
+            r#"{"minutes": 30}"#,
+        ));
+        assert_eq!(r.status, 502);
+        assert_eq!(r.body["status"], "error");
+        let message = r.body["message"].as_str().unwrap();
+        assert!(message.contains("permission denied by polkit"), "{message}");
+        // The entry recorded before the start is taken back, and nothing else was asked.
+        assert!(state_units(&dir).is_empty());
+        assert!(fake.calls().last().unwrap().starts_with("start "));
+        assert_eq!(get(&svc, "/shutdown/schedules").body["count"], 0);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_failed_job_is_502_with_its_result() {
+        let fake = Arc::new(FakeSystemd::new());
+        fake.refuse("start", "*", Refusal::JobFailed);
+        let (svc, dir) = service(&fake, "jobfailed");
+        let r = svc.handle(&with_token(
+            Method::Post,
+            "/shutdown/schedule",
+            r#"{"minutes": 30}"#,
+        ));
+        assert_eq!(r.status, 502);
+        assert_eq!(r.body["job_result"], "failed");
+        assert_eq!(r.body["result"], "exit-code");
+        assert!(!r.body["journal"].as_array().unwrap().is_empty());
+        assert!(state_units(&dir).is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn systemd_unreachable_is_502_on_reads_and_writes_and_changes_nothing() {
+        let fake = Arc::new(FakeSystemd::new());
+        fake.refuse("list", "*", Refusal::Unreachable);
+        let (svc, dir) = service(&fake, "unreachable");
+        for path in ["/shutdown/status", "/shutdown/next", "/shutdown/schedules"] {
+            let r = get(&svc, path);
+            assert_eq!(r.status, 502, "{path}");
+            assert_eq!(r.body["status"], "error");
+            assert!(r.body["message"].as_str().unwrap().contains("system bus"));
+        }
+        let r = svc.handle(&with_token(
+            Method::Post,
+            "/shutdown/schedule",
+            r#"{"minutes": 30}"#,
+        ));
+        assert_eq!(r.status, 502);
+        assert!(state_file(&dir).is_none(), "nothing was written");
+        assert!(!fake.calls().iter().any(|c| c.starts_with("start")));
+        // /health needs no systemd.
+        assert_eq!(get(&svc, "/health").status, 200);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_timer_vanishing_between_listing_and_read_is_not_pending() {
+        let fake = Arc::new(FakeSystemd::new());
+        let unit = schedule::timer_unit("Mon 04:00", schedule::Action::Poweroff).unwrap();
+        fake.add(&unit, "active", "waiting");
+        let (svc, dir) = service(&fake, "vanish");
+        assert_eq!(get(&svc, "/shutdown/schedules").body["count"], 1);
+        // Garbage-collected after the listing, before its next elapse is read.
+        fake.vanish_after_list(&unit);
+        let r = get(&svc, "/shutdown/schedules");
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.body["count"], 0);
+        assert!(state_file(&dir).is_none(), "a GET writes nothing");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_second_one_off_is_409_and_starts_nothing() {
+        let fake = Arc::new(FakeSystemd::new());
+        let (svc, dir) = service(&fake, "conflict");
+        let first = svc.handle(&with_token(
+            Method::Post,
+            "/shutdown/schedule",
+            r#"{"minutes": 30}"#,
+        ));
+        assert_eq!(first.status, 200);
+        let state = state_file(&dir);
+        let r = svc.handle(&with_token(
+            Method::Post,
+            "/shutdown/schedule",
+            r#"{"minutes": 45}"#,
+        ));
+        assert_eq!(r.status, 409);
+        assert_eq!(r.body["existing"]["unit"], first.body["unit"]);
+        assert_eq!(state_file(&dir), state, "the state file is untouched");
+        assert_eq!(
+            fake.calls()
+                .iter()
+                .filter(|c| c.starts_with("start"))
+                .count(),
+            1
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -1,27 +1,78 @@
-//! The few systemd and logind D-Bus methods we call, as blocking zbus proxies, and their errors.
-//! A D-Bus method or property used anywhere in the project is named here, once.
+//! The systemd and logind D-Bus calls we make, through one owned handle ([`Bus`]), and their errors.
+//! A D-Bus method, property or interface used anywhere in the project is named here, once.
 
-use std::sync::OnceLock;
+use serde::Deserialize;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 use zbus::blocking::Connection;
-use zbus::zvariant::{OwnedObjectPath, OwnedValue};
+use zbus::zvariant::{OwnedObjectPath, OwnedValue, Type, Value};
 
-const SYSTEMD: &str = "org.freedesktop.systemd1";
-const PROPERTIES: &str = "org.freedesktop.DBus.Properties";
+pub(crate) const SYSTEMD: &str = "org.freedesktop.systemd1";
+pub(crate) const SYSTEMD_PATH: &str = "/org/freedesktop/systemd1";
+pub(crate) const UNIT_PATH_PREFIX: &str = "/org/freedesktop/systemd1/unit";
+pub(crate) const MANAGER_INTERFACE: &str = "org.freedesktop.systemd1.Manager";
+pub(crate) const UNIT_INTERFACE: &str = "org.freedesktop.systemd1.Unit";
+pub(crate) const TIMER_INTERFACE: &str = "org.freedesktop.systemd1.Timer";
+/// The interface of a service unit's own properties (MainPID, NRestarts, MemoryMax, ...).
+pub(crate) const SERVICE_INTERFACE: &str = "org.freedesktop.systemd1.Service";
+pub(crate) const PROPERTIES: &str = "org.freedesktop.DBus.Properties";
 
-/// One entry of `ListUnitsByPatterns`: name, description, load, active, sub state, followed,
-/// object path, job id, job type, job path.
-pub type UnitStatus = (
-    String,
-    String,
-    String,
-    String,
-    String,
-    String,
-    OwnedObjectPath,
-    u32,
-    String,
-    OwnedObjectPath,
-);
+/// One row of `ListUnitsByPatterns` (as `systemctl list-units` shows it), decoded by zbus.
+#[derive(Clone, Debug, PartialEq, Deserialize, Type)]
+#[zvariant(crate = "zbus::zvariant")]
+pub struct UnitRow {
+    pub name: String,
+    pub description: String,
+    /// `loaded`, `not-found`, `masked`, ...
+    pub load_state: String,
+    /// `active`, `inactive`, `failed`, `activating`, `deactivating`, `reloading`, ...
+    pub active_state: String,
+    /// The type's own state: `running`, `waiting`, `dead`, `auto-restart`, ...
+    pub sub_state: String,
+    pub followed: String,
+    pub path: OwnedObjectPath,
+    pub job_id: u32,
+    pub job_type: String,
+    pub job_path: OwnedObjectPath,
+}
+
+impl UnitRow {
+    /// A row as systemd lists a unit it has just loaded and not started (also for tests).
+    pub fn new(name: &str, active_state: &str, sub_state: &str) -> UnitRow {
+        let root = OwnedObjectPath::try_from("/").expect("/ is an object path");
+        UnitRow {
+            name: name.to_string(),
+            description: String::new(),
+            load_state: "loaded".into(),
+            active_state: active_state.into(),
+            sub_state: sub_state.into(),
+            followed: String::new(),
+            path: unit_path(name),
+            job_id: 0,
+            job_type: String::new(),
+            job_path: root,
+        }
+    }
+
+    /// Its process runs, or the unit is up: `active` or `reloading`.
+    pub fn is_up(&self) -> bool {
+        matches!(self.active_state.as_str(), "active" | "reloading")
+    }
+}
+
+/// The object path systemd gives a unit: `/org/freedesktop/systemd1/unit/` and the name with
+/// every byte but ASCII letters and digits as `_xx` (sd_bus_path_encode).
+pub fn unit_path(name: &str) -> OwnedObjectPath {
+    let mut p = format!("{UNIT_PATH_PREFIX}/");
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() {
+            p.push(b as char);
+        } else {
+            p.push_str(&format!("_{b:02x}"));
+        }
+    }
+    OwnedObjectPath::try_from(p).expect("an encoded unit name is an object path")
+}
 
 /// One change `EnableUnitFiles`/`DisableUnitFiles` made: kind (`symlink`, `unlink`), file, target.
 pub type UnitFileChange = (String, String, String);
@@ -33,7 +84,7 @@ pub type UnitFileChange = (String, String, String);
     gen_async = false,
     blocking_name = "ManagerProxy"
 )]
-pub trait Manager {
+trait Manager {
     fn start_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
     fn stop_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
     fn restart_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
@@ -41,14 +92,14 @@ pub trait Manager {
         &self,
         states: &[&str],
         patterns: &[&str],
-    ) -> zbus::Result<Vec<UnitStatus>>;
+    ) -> zbus::Result<Vec<UnitRow>>;
     fn load_unit(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
     fn subscribe(&self) -> zbus::Result<()>;
     fn set_unit_properties(
         &self,
         name: &str,
         runtime: bool,
-        properties: &[(&str, zbus::zvariant::Value<'_>)],
+        properties: &[(&str, Value<'_>)],
     ) -> zbus::Result<()>;
     fn freeze_unit(&self, name: &str) -> zbus::Result<()>;
     fn thaw_unit(&self, name: &str) -> zbus::Result<()>;
@@ -63,73 +114,14 @@ pub trait Manager {
         files: &[&str],
         runtime: bool,
     ) -> zbus::Result<Vec<UnitFileChange>>;
-    fn get_unit_file_state(&self, file: &str) -> zbus::Result<String>;
     fn reload(&self) -> zbus::Result<()>;
     fn start_transient_unit(
         &self,
         name: &str,
         mode: &str,
-        properties: &[(&str, zbus::zvariant::Value<'_>)],
-        aux: &[(&str, &[(&str, zbus::zvariant::Value<'_>)])],
+        properties: &[(&str, Value<'_>)],
+        aux: &[(&str, &[(&str, Value<'_>)])],
     ) -> zbus::Result<OwnedObjectPath>;
-}
-
-#[zbus::proxy(
-    interface = "org.freedesktop.systemd1.Unit",
-    default_service = "org.freedesktop.systemd1",
-    gen_async = false,
-    blocking_name = "UnitProxy"
-)]
-pub trait Unit {
-    #[zbus(property)]
-    fn active_state(&self) -> zbus::Result<String>;
-    #[zbus(property)]
-    fn sub_state(&self) -> zbus::Result<String>;
-    /// Microseconds since the epoch of the last change of the active state.
-    #[zbus(property)]
-    fn state_change_timestamp(&self) -> zbus::Result<u64>;
-    #[zbus(property)]
-    fn active_enter_timestamp(&self) -> zbus::Result<u64>;
-    /// `running`, `freezing`, `frozen` or `thawing` (cgroup v2's freezer).
-    #[zbus(property)]
-    fn freezer_state(&self) -> zbus::Result<String>;
-}
-
-#[zbus::proxy(
-    interface = "org.freedesktop.systemd1.Service",
-    default_service = "org.freedesktop.systemd1",
-    gen_async = false,
-    blocking_name = "ServiceUnitProxy"
-)]
-pub trait ServiceUnit {
-    #[zbus(property)]
-    fn result(&self) -> zbus::Result<String>;
-    #[zbus(property, name = "NRestarts")]
-    fn n_restarts(&self) -> zbus::Result<u32>;
-    #[zbus(property)]
-    fn memory_current(&self) -> zbus::Result<u64>;
-    #[zbus(property)]
-    fn exec_main_status(&self) -> zbus::Result<i32>;
-    #[zbus(property, name = "MainPID")]
-    fn main_pid(&self) -> zbus::Result<u32>;
-    #[zbus(property)]
-    fn status_text(&self) -> zbus::Result<String>;
-    #[zbus(property)]
-    fn memory_max(&self) -> zbus::Result<u64>;
-    #[zbus(property, name = "CPUQuotaPerSecUSec")]
-    fn cpu_quota_per_sec_usec(&self) -> zbus::Result<u64>;
-}
-
-#[zbus::proxy(
-    interface = "org.freedesktop.systemd1.Timer",
-    default_service = "org.freedesktop.systemd1",
-    gen_async = false,
-    blocking_name = "TimerProxy"
-)]
-pub trait Timer {
-    /// Microseconds since the epoch; 0 when the timer will not elapse again.
-    #[zbus(property, name = "NextElapseUSecRealtime")]
-    fn next_elapse_usec_realtime(&self) -> zbus::Result<u64>;
 }
 
 #[zbus::proxy(
@@ -139,7 +131,7 @@ pub trait Timer {
     gen_async = false,
     blocking_name = "LoginManagerProxy"
 )]
-pub trait LoginManager {
+trait LoginManager {
     fn power_off(&self, interactive: bool) -> zbus::Result<()>;
     fn reboot(&self, interactive: bool) -> zbus::Result<()>;
     fn inhibit(
@@ -196,21 +188,6 @@ impl From<zbus::Error> for SystemdError {
     }
 }
 
-/// The system bus, connected on first use (a request that needs no D-Bus never waits for it).
-pub fn system_bus() -> Result<&'static Connection, SystemdError> {
-    static BUS: OnceLock<Connection> = OnceLock::new();
-    if let Some(c) = BUS.get() {
-        return Ok(c);
-    }
-    let conn = Connection::system()
-        .map_err(|e| SystemdError::Failed(format!("cannot reach the system bus: {e}")))?;
-    Ok(BUS.get_or_init(|| conn))
-}
-
-pub fn manager() -> Result<ManagerProxy<'static>, SystemdError> {
-    Ok(ManagerProxy::new(system_bus()?)?)
-}
-
 /// What to do to a unit, as `systemctl VERB`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verb {
@@ -258,230 +235,552 @@ impl std::fmt::Display for JobFailure {
     }
 }
 
-/// A job ends with one `JobRemoved` signal; this is its match rule.
-fn job_removed_rule() -> zbus::Result<zbus::MatchRule<'static>> {
-    Ok(zbus::MatchRule::builder()
-        .msg_type(zbus::message::Type::Signal)
-        .sender(SYSTEMD)?
-        .interface("org.freedesktop.systemd1.Manager")?
-        .member("JobRemoved")?
-        .path("/org/freedesktop/systemd1")?
-        .build())
+/// A unit property we read, each named here once (with the interface it belongs to).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Prop {
+    ActiveState,
+    SubState,
+    /// Microseconds since the epoch of the last change of the active state.
+    StateChangeTimestamp,
+    ActiveEnterTimestamp,
+    /// `running`, `freezing`, `frozen` or `thawing` (cgroup v2's freezer).
+    FreezerState,
+    /// A timer's next elapse, microseconds since the epoch; 0 when it will not elapse again.
+    NextElapseUSecRealtime,
+    NRestarts,
+    ExecMainStartTimestamp,
+    ExecMainCode,
+    ExecMainStatus,
+    MainPID,
+    MemoryCurrent,
+    MemoryMax,
+    CPUQuotaPerSecUSec,
+    /// CPU time used by the unit's cgroup, nanoseconds (`u64::MAX` where not accounted).
+    CPUUsageNSec,
+    /// A service's `Result` (`success`, `exit-code`, `oom-kill`, ...).
+    Result,
+    StatusText,
 }
 
-/// Enqueues a job with `enqueue` (a call that returns the job's object path) and waits for its
-/// `JobRemoved` signal, as `systemctl` does: the match is in place before the call, so the signal
-/// cannot be missed. `timeout` bounds the wait (`None`: as long as systemd takes, bounded by the
-/// unit's own job timeouts). A result other than `done` is a [`SystemdError::Job`].
-pub fn wait_for_job(
-    unit: &str,
-    verb: &str,
-    timeout: Option<std::time::Duration>,
-    enqueue: impl FnOnce() -> Result<OwnedObjectPath, SystemdError>,
-) -> Result<(), SystemdError> {
-    use futures_lite::StreamExt;
-    let bus = system_bus()?;
-    let mut signals =
-        zbus::blocking::MessageIterator::for_match_rule(job_removed_rule()?, bus, Some(1024))?
-            .into_inner();
-    let job = enqueue()?;
-    let wait = async {
-        while let Some(msg) = signals.next().await {
-            let Ok(msg) = msg else { continue };
-            let body = msg.body();
-            let Ok((_, path, _, result)) =
-                body.deserialize::<(u32, zbus::zvariant::ObjectPath<'_>, &str, &str)>()
-            else {
-                continue;
-            };
-            if path.as_str() == job.as_str() {
-                return Some(result.to_string());
-            }
+impl Prop {
+    pub(crate) fn interface_and_name(self) -> (&'static str, &'static str) {
+        match self {
+            Prop::ActiveState => (UNIT_INTERFACE, "ActiveState"),
+            Prop::SubState => (UNIT_INTERFACE, "SubState"),
+            Prop::StateChangeTimestamp => (UNIT_INTERFACE, "StateChangeTimestamp"),
+            Prop::ActiveEnterTimestamp => (UNIT_INTERFACE, "ActiveEnterTimestamp"),
+            Prop::FreezerState => (UNIT_INTERFACE, "FreezerState"),
+            Prop::NextElapseUSecRealtime => (TIMER_INTERFACE, "NextElapseUSecRealtime"),
+            Prop::NRestarts => (SERVICE_INTERFACE, "NRestarts"),
+            Prop::ExecMainStartTimestamp => (SERVICE_INTERFACE, "ExecMainStartTimestamp"),
+            Prop::ExecMainCode => (SERVICE_INTERFACE, "ExecMainCode"),
+            Prop::ExecMainStatus => (SERVICE_INTERFACE, "ExecMainStatus"),
+            Prop::MainPID => (SERVICE_INTERFACE, "MainPID"),
+            Prop::MemoryCurrent => (SERVICE_INTERFACE, "MemoryCurrent"),
+            Prop::MemoryMax => (SERVICE_INTERFACE, "MemoryMax"),
+            Prop::CPUQuotaPerSecUSec => (SERVICE_INTERFACE, "CPUQuotaPerSecUSec"),
+            Prop::CPUUsageNSec => (SERVICE_INTERFACE, "CPUUsageNSec"),
+            Prop::Result => (SERVICE_INTERFACE, "Result"),
+            Prop::StatusText => (SERVICE_INTERFACE, "StatusText"),
         }
-        None
-    };
-    let result = match timeout {
-        None => async_io::block_on(wait),
-        Some(t) => async_io::block_on(futures_lite::future::or(wait, async {
-            async_io::Timer::after(t).await;
-            None
-        })),
-    };
-    let Some(result) = result else {
-        return Err(SystemdError::Failed(match timeout {
-            Some(t) => format!("the {verb} job of {unit} did not finish within {t:?}"),
-            None => format!("lost the system bus while waiting for the {verb} job of {unit}"),
-        }));
-    };
-    if result == "done" {
-        return Ok(());
     }
-    Err(SystemdError::Job(Box::new(JobFailure {
-        unit: unit.to_string(),
-        job: verb.to_string(),
-        unit_result: unit_result(unit).unwrap_or_default(),
-        journal: if result == "failed" {
-            crate::systemd::journal_lines(unit, 10, "cat").unwrap_or_default()
-        } else {
-            Vec::new()
-        },
-        result,
-    })))
+
+    /// The property a (interface, name) pair of a `PropertiesChanged` signal means, if we read it.
+    pub(crate) fn from_signal(interface: &str, name: &str) -> Option<Prop> {
+        match (interface, name) {
+            (UNIT_INTERFACE, "ActiveState") => Some(Prop::ActiveState),
+            (UNIT_INTERFACE, "SubState") => Some(Prop::SubState),
+            (UNIT_INTERFACE, "ActiveEnterTimestamp") => Some(Prop::ActiveEnterTimestamp),
+            (TIMER_INTERFACE, "NextElapseUSecRealtime") => Some(Prop::NextElapseUSecRealtime),
+            _ => None,
+        }
+    }
 }
 
-/// Runs `verb` on `unit` and waits for the job to end (see [`wait_for_job`]).
-pub fn run_and_wait(
-    verb: Verb,
-    unit: &str,
-    timeout: Option<std::time::Duration>,
-) -> Result<(), SystemdError> {
-    let m = manager()?;
-    wait_for_job(unit, verb.as_str(), timeout, || {
-        Ok(match verb {
-            Verb::Start => m.start_unit(unit, "replace")?,
-            Verb::Stop => m.stop_unit(unit, "replace")?,
-            Verb::Restart => m.restart_unit(unit, "replace")?,
-        })
-    })
+/// The properties of one unit that were asked for and could be read (`None`: not asked, not
+/// there on this systemd, or the unit went away meanwhile).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ServiceState {
+    pub active_state: Option<String>,
+    pub sub_state: Option<String>,
+    pub state_change_timestamp: Option<u64>,
+    pub active_enter_timestamp: Option<u64>,
+    pub freezer_state: Option<String>,
+    pub next_elapse_usec_realtime: Option<u64>,
+    pub n_restarts: Option<u32>,
+    pub exec_main_start_timestamp: Option<u64>,
+    pub exec_main_code: Option<i32>,
+    pub exec_main_status: Option<i32>,
+    pub main_pid: Option<u32>,
+    pub memory_current: Option<u64>,
+    pub memory_max: Option<u64>,
+    pub cpu_quota_per_sec_usec: Option<u64>,
+    pub cpu_usage_nsec: Option<u64>,
+    pub result: Option<String>,
+    pub status_text: Option<String>,
 }
 
-/// Starts `unit` and waits for the job to finish (a timer's start takes milliseconds).
-pub fn start_unit_and_wait(unit: &str) -> Result<(), SystemdError> {
-    run_and_wait(Verb::Start, unit, Some(std::time::Duration::from_secs(10)))
+impl ServiceState {
+    /// Stores `value` as `prop`; a value of the wrong type is left out.
+    pub(crate) fn set(&mut self, prop: Prop, value: OwnedValue) {
+        fn get<T: TryFrom<OwnedValue>>(v: OwnedValue) -> Option<T> {
+            T::try_from(v).ok()
+        }
+        match prop {
+            Prop::ActiveState => self.active_state = get(value),
+            Prop::SubState => self.sub_state = get(value),
+            Prop::StateChangeTimestamp => self.state_change_timestamp = get(value),
+            Prop::ActiveEnterTimestamp => self.active_enter_timestamp = get(value),
+            Prop::FreezerState => self.freezer_state = get(value),
+            Prop::NextElapseUSecRealtime => self.next_elapse_usec_realtime = get(value),
+            Prop::NRestarts => self.n_restarts = get(value),
+            Prop::ExecMainStartTimestamp => self.exec_main_start_timestamp = get(value),
+            Prop::ExecMainCode => self.exec_main_code = get(value),
+            Prop::ExecMainStatus => self.exec_main_status = get(value),
+            Prop::MainPID => self.main_pid = get(value),
+            Prop::MemoryCurrent => self.memory_current = get(value),
+            Prop::MemoryMax => self.memory_max = get(value),
+            Prop::CPUQuotaPerSecUSec => self.cpu_quota_per_sec_usec = get(value),
+            Prop::CPUUsageNSec => self.cpu_usage_nsec = get(value),
+            Prop::Result => self.result = get(value),
+            Prop::StatusText => self.status_text = get(value),
+        }
+    }
 }
 
-/// The unit's `Result` property (`success`, `exit-code`, `oom-kill`, ...), from the interface
-/// of its type.
-pub fn unit_result(unit: &str) -> Option<String> {
-    let interface = match unit.rsplit_once('.')?.1 {
-        "service" => SERVICE_INTERFACE,
-        "timer" => "org.freedesktop.systemd1.Timer",
-        "socket" => "org.freedesktop.systemd1.Socket",
-        "mount" => "org.freedesktop.systemd1.Mount",
-        _ => return None,
-    };
-    let path = manager().ok()?.load_unit(unit).ok()?;
-    String::try_from(property(&path, interface, "Result")?).ok()
+/// The system bus, owned: made once in a binary's `main` and handed to what needs systemd.
+/// Cloning shares the connection. It connects on first use, so a request that needs no D-Bus
+/// (`/health`) never waits for the bus, and a bus that is briefly away fails only the requests
+/// that need it (a later one connects).
+#[derive(Clone, Default)]
+pub struct Bus {
+    conn: Arc<OnceLock<Connection>>,
 }
 
-/// Proxies for the unit `name` (loaded if it is not), without property caching.
-pub fn unit(name: &str) -> Result<(UnitProxy<'static>, ServiceUnitProxy<'static>), SystemdError> {
-    use zbus::proxy::CacheProperties::No;
-    let path = manager()?.load_unit(name)?;
-    let bus = system_bus()?;
-    Ok((
-        UnitProxy::builder(bus)
-            .path(path.clone())?
-            .cache_properties(No)
-            .build()?,
-        ServiceUnitProxy::builder(bus)
-            .path(path)?
-            .cache_properties(No)
-            .build()?,
-    ))
-}
-
-/// Units matching `patterns` (shell globs, as `systemctl list-units PATTERN`), in any state.
-pub fn list_units(patterns: &[&str]) -> Result<Vec<UnitStatus>, SystemdError> {
-    Ok(manager()?.list_units_by_patterns(&[], patterns)?)
-}
-
-/// When the timer at `path` elapses next, in microseconds since the epoch (0: never).
-pub fn timer_next_elapse(path: &OwnedObjectPath) -> Result<u64, SystemdError> {
-    let timer = TimerProxy::builder(system_bus()?)
-        .path(path.clone())?
-        .build()?;
-    Ok(timer.next_elapse_usec_realtime()?)
-}
-
-/// The interface of a service unit's own properties (MainPID, NRestarts, MemoryMax, ...).
-pub const SERVICE_INTERFACE: &str = "org.freedesktop.systemd1.Service";
-
-/// How many `Get` calls [`properties`] keeps in flight: well below dbus-daemon's default limit of
-/// 128 pending replies per connection (`max_replies_per_connection`); past that limit the bus
+/// How many `Get` calls [`Bus::states`] keeps in flight: well below dbus-daemon's default limit
+/// of 128 pending replies per connection (`max_replies_per_connection`); past that limit the bus
 /// answers `LimitsExceeded`, and those few are asked again one at a time.
 const PIPELINE_WINDOW: usize = 64;
 
-/// Reads many properties, each a (unit object path, interface, property) triple, in one go: the
-/// `Get` calls are pipelined (up to [`PIPELINE_WINDOW`] in flight) instead of each waiting for its
-/// reply, so the cost is the bus's and systemd's work per message, not a round trip per property.
-/// The answer is in the order asked; `None` where the property could not be read (an older
-/// systemd without it, a unit gone meanwhile).
-pub fn properties(
-    requests: &[(&OwnedObjectPath, &str, &str)],
-) -> Result<Vec<Option<OwnedValue>>, SystemdError> {
-    use zbus::message::{Message, Type};
-    let bus = system_bus()?;
-    let call = |i: usize| -> zbus::Result<Message> {
-        let (path, interface, name) = requests[i];
-        Message::method_call(path.as_str(), "Get")?
-            .destination(SYSTEMD)?
+impl Bus {
+    /// The system bus, not connected yet.
+    pub fn system() -> Bus {
+        Bus::default()
+    }
+
+    /// The connection, made now if it is not yet.
+    pub(crate) fn conn(&self) -> Result<&Connection, SystemdError> {
+        if let Some(c) = self.conn.get() {
+            return Ok(c);
+        }
+        let conn = Connection::system()
+            .map_err(|e| SystemdError::Failed(format!("cannot reach the system bus: {e}")))?;
+        Ok(self.conn.get_or_init(|| conn))
+    }
+
+    /// Connects now (if not yet), for a caller that wants to know the bus is there before it
+    /// starts a series of calls.
+    pub fn connect(&self) -> Result<(), SystemdError> {
+        self.conn().map(|_| ())
+    }
+
+    fn manager(&self) -> Result<ManagerProxy<'_>, SystemdError> {
+        Ok(ManagerProxy::new(self.conn()?)?)
+    }
+
+    fn login(&self) -> Result<LoginManagerProxy<'_>, SystemdError> {
+        Ok(LoginManagerProxy::new(self.conn()?)?)
+    }
+
+    /// Units matching `patterns` (shell globs, as `systemctl list-units PATTERN`), in any state.
+    pub fn list_units(&self, patterns: &[&str]) -> Result<Vec<UnitRow>, SystemdError> {
+        Ok(self.manager()?.list_units_by_patterns(&[], patterns)?)
+    }
+
+    /// Enqueues `verb` on `unit` and returns without waiting for the job (as `systemctl
+    /// --no-block`): the boot-time restore and the coordinator's emergency stop.
+    pub fn enqueue(&self, verb: Verb, unit: &str) -> Result<(), SystemdError> {
+        let m = self.manager()?;
+        match verb {
+            Verb::Start => m.start_unit(unit, "replace")?,
+            Verb::Stop => m.stop_unit(unit, "replace")?,
+            Verb::Restart => m.restart_unit(unit, "replace")?,
+        };
+        Ok(())
+    }
+
+    /// Runs `verb` on `unit` and waits for the job to end (see [`Bus::wait_for_job`]).
+    pub fn run_and_wait(
+        &self,
+        verb: Verb,
+        unit: &str,
+        timeout: Option<Duration>,
+    ) -> Result<(), SystemdError> {
+        let m = self.manager()?;
+        self.wait_for_job(unit, verb.as_str(), timeout, || {
+            Ok(match verb {
+                Verb::Start => m.start_unit(unit, "replace")?,
+                Verb::Stop => m.stop_unit(unit, "replace")?,
+                Verb::Restart => m.restart_unit(unit, "replace")?,
+            })
+        })
+    }
+
+    /// Creates a transient unit (as `systemd-run`) and waits for its start job.
+    pub fn start_transient_and_wait(
+        &self,
+        unit: &str,
+        properties: &[(&str, Value<'_>)],
+    ) -> Result<(), SystemdError> {
+        let m = self.manager()?;
+        self.wait_for_job(unit, "start", None, || {
+            Ok(m.start_transient_unit(unit, "fail", properties, &[])?)
+        })
+    }
+
+    /// Enqueues a job with `enqueue` (a call that returns the job's object path) and waits for its
+    /// `JobRemoved` signal, as `systemctl` does: the match is in place before the call, so the
+    /// signal cannot be missed. `timeout` bounds the wait (`None`: as long as systemd takes,
+    /// bounded by the unit's own job timeouts). A result other than `done` is a
+    /// [`SystemdError::Job`].
+    fn wait_for_job(
+        &self,
+        unit: &str,
+        verb: &str,
+        timeout: Option<Duration>,
+        enqueue: impl FnOnce() -> Result<OwnedObjectPath, SystemdError>,
+    ) -> Result<(), SystemdError> {
+        use futures_lite::StreamExt;
+        let rule = zbus::MatchRule::builder()
+            .msg_type(zbus::message::Type::Signal)
+            .sender(SYSTEMD)?
+            .interface(MANAGER_INTERFACE)?
+            .member("JobRemoved")?
+            .path(SYSTEMD_PATH)?
+            .build();
+        let mut signals =
+            zbus::blocking::MessageIterator::for_match_rule(rule, self.conn()?, Some(1024))?
+                .into_inner();
+        let job = enqueue()?;
+        let wait = async {
+            while let Some(msg) = signals.next().await {
+                let Ok(msg) = msg else { continue };
+                let body = msg.body();
+                let Ok((_, path, _, result)) =
+                    body.deserialize::<(u32, zbus::zvariant::ObjectPath<'_>, &str, &str)>()
+                else {
+                    continue;
+                };
+                if path.as_str() == job.as_str() {
+                    return Some(result.to_string());
+                }
+            }
+            None
+        };
+        let result = match timeout {
+            None => async_io::block_on(wait),
+            Some(t) => async_io::block_on(futures_lite::future::or(wait, async {
+                async_io::Timer::after(t).await;
+                None
+            })),
+        };
+        let Some(result) = result else {
+            return Err(SystemdError::Failed(match timeout {
+                Some(t) => format!("the {verb} job of {unit} did not finish within {t:?}"),
+                None => format!("lost the system bus while waiting for the {verb} job of {unit}"),
+            }));
+        };
+        if result == "done" {
+            return Ok(());
+        }
+        Err(SystemdError::Job(Box::new(JobFailure {
+            unit: unit.to_string(),
+            job: verb.to_string(),
+            unit_result: self.unit_result(unit).unwrap_or_default(),
+            journal: if result == "failed" {
+                crate::systemd::journal_lines(unit, 10, "cat").unwrap_or_default()
+            } else {
+                Vec::new()
+            },
+            result,
+        })))
+    }
+
+    /// The unit's `Result` property (`success`, `exit-code`, `oom-kill`, ...), from the
+    /// interface of its type.
+    fn unit_result(&self, unit: &str) -> Option<String> {
+        let interface = match unit.rsplit_once('.')?.1 {
+            "service" => SERVICE_INTERFACE,
+            "timer" => TIMER_INTERFACE,
+            "socket" => "org.freedesktop.systemd1.Socket",
+            "mount" => "org.freedesktop.systemd1.Mount",
+            _ => return None,
+        };
+        let path = self.manager().ok()?.load_unit(unit).ok()?;
+        String::try_from(self.property(&path, interface, "Result")?).ok()
+    }
+
+    /// `props` of the unit `unit` (loaded if it is not), in one pipelined batch.
+    pub fn state(&self, unit: &str, props: &[Prop]) -> Result<ServiceState, SystemdError> {
+        let path = self.manager()?.load_unit(unit)?;
+        Ok(self
+            .states(&[(&path, props)])?
+            .pop()
+            .expect("one state per request"))
+    }
+
+    /// Reads many units' properties, each unit by its object path, in one go: the `Get` calls
+    /// are pipelined (up to [`PIPELINE_WINDOW`] in flight) instead of each waiting for its reply,
+    /// so the cost is the bus's and systemd's work per message, not a round trip per property.
+    /// One state per request, in the order asked.
+    pub fn states(
+        &self,
+        requests: &[(&OwnedObjectPath, &[Prop])],
+    ) -> Result<Vec<ServiceState>, SystemdError> {
+        use zbus::message::{Message, Type};
+        let flat: Vec<(usize, &OwnedObjectPath, Prop)> = requests
+            .iter()
+            .enumerate()
+            .flat_map(|(i, (path, props))| props.iter().map(move |p| (i, *path, *p)))
+            .collect();
+        let mut out = vec![ServiceState::default(); requests.len()];
+        let bus = self.conn()?;
+        let call = |k: usize| -> zbus::Result<Message> {
+            let (_, path, prop) = flat[k];
+            Message::method_call(path.as_str(), "Get")?
+                .destination(SYSTEMD)?
+                .interface(PROPERTIES)?
+                .build(&prop.interface_and_name())
+        };
+        // The stream exists before the first call goes out, so no reply can be missed.
+        let mut replies = zbus::blocking::MessageIterator::from(bus);
+        let mut waiting = std::collections::HashMap::new();
+        let mut again = Vec::new();
+        let mut next = 0;
+        while next < flat.len() || !waiting.is_empty() {
+            while next < flat.len() && waiting.len() < PIPELINE_WINDOW {
+                let msg = call(next)?;
+                waiting.insert(msg.primary_header().serial_num(), next);
+                bus.send(&msg)?;
+                next += 1;
+            }
+            let reply = match replies.next() {
+                Some(reply) => reply?,
+                None => {
+                    return Err(SystemdError::Failed(
+                        "the system bus connection closed".into(),
+                    ));
+                }
+            };
+            let Some(k) = reply
+                .header()
+                .reply_serial()
+                .and_then(|s| waiting.remove(&s))
+            else {
+                continue;
+            };
+            match reply.message_type() {
+                Type::MethodReturn => {
+                    if let Ok(v) = reply.body().deserialize::<OwnedValue>() {
+                        out[flat[k].0].set(flat[k].2, v);
+                    }
+                }
+                Type::Error
+                    if reply.header().error_name().map(|n| n.as_str())
+                        == Some("org.freedesktop.DBus.Error.LimitsExceeded") =>
+                {
+                    again.push(k)
+                }
+                _ => {}
+            }
+        }
+        drop(replies);
+        for k in again {
+            let (i, path, prop) = flat[k];
+            let (interface, name) = prop.interface_and_name();
+            if let Some(v) = self.property(path, interface, name) {
+                out[i].set(prop, v);
+            }
+        }
+        Ok(out)
+    }
+
+    /// One property, with one `Get` call; `None` when it cannot be read.
+    fn property(&self, path: &OwnedObjectPath, interface: &str, name: &str) -> Option<OwnedValue> {
+        let reply = self
+            .conn()
+            .ok()?
+            .call_method(
+                Some(SYSTEMD),
+                path,
+                Some(PROPERTIES),
+                "Get",
+                &(interface, name),
+            )
+            .ok()?;
+        reply.body().deserialize::<OwnedValue>().ok()
+    }
+
+    /// Sets a unit's memory limit and CPU quota for this boot (as `systemctl set-property
+    /// --runtime UNIT MemoryMax= CPUQuota=`); `u64::MAX` is no limit.
+    pub fn set_limits(
+        &self,
+        unit: &str,
+        memory_max: u64,
+        cpu_quota_usec: u64,
+    ) -> Result<(), SystemdError> {
+        Ok(self.manager()?.set_unit_properties(
+            unit,
+            true,
+            &[
+                ("MemoryMax", Value::from(memory_max)),
+                ("CPUQuotaPerSecUSec", Value::from(cpu_quota_usec)),
+            ],
+        )?)
+    }
+
+    /// Sets a unit's CPU quota for this boot; `u64::MAX` is no quota.
+    pub fn set_cpu_quota(&self, unit: &str, cpu_quota_usec: u64) -> Result<(), SystemdError> {
+        Ok(self.manager()?.set_unit_properties(
+            unit,
+            true,
+            &[("CPUQuotaPerSecUSec", Value::from(cpu_quota_usec))],
+        )?)
+    }
+
+    pub fn freeze(&self, unit: &str) -> Result<(), SystemdError> {
+        Ok(self.manager()?.freeze_unit(unit)?)
+    }
+
+    pub fn thaw(&self, unit: &str) -> Result<(), SystemdError> {
+        Ok(self.manager()?.thaw_unit(unit)?)
+    }
+
+    /// `systemctl enable UNIT` (the symlinks), then `daemon-reload`.
+    pub fn enable(&self, unit: &str) -> Result<(), SystemdError> {
+        let m = self.manager()?;
+        m.enable_unit_files(&[unit], false, false)?;
+        Ok(m.reload()?)
+    }
+
+    /// `systemctl disable UNIT`, then `daemon-reload`.
+    pub fn disable(&self, unit: &str) -> Result<(), SystemdError> {
+        let m = self.manager()?;
+        m.disable_unit_files(&[unit], false)?;
+        Ok(m.reload()?)
+    }
+
+    /// Asks systemd to send its unit signals (`UnitNew`, `UnitRemoved`, `JobRemoved`, and
+    /// `PropertiesChanged` of units), which it sends only while a client is subscribed.
+    pub(crate) fn subscribe(&self) -> Result<(), SystemdError> {
+        Ok(self.manager()?.subscribe()?)
+    }
+
+    /// Subscribes, and returns the object path of each unit whose properties change, as they
+    /// change (for a caller that re-reads what it needs on each).
+    pub fn unit_changes(
+        &self,
+    ) -> Result<impl Iterator<Item = OwnedObjectPath> + Send + 'static, SystemdError> {
+        self.subscribe()?;
+        let rule = zbus::MatchRule::builder()
+            .msg_type(zbus::message::Type::Signal)
             .interface(PROPERTIES)?
-            .build(&(interface, name))
-    };
-    // The stream exists before the first call goes out, so no reply can be missed.
-    let mut replies = zbus::blocking::MessageIterator::from(bus);
-    let mut out: Vec<Option<OwnedValue>> = (0..requests.len()).map(|_| None).collect();
-    let mut waiting = std::collections::HashMap::new();
-    let mut again = Vec::new();
-    let mut next = 0;
-    while next < requests.len() || !waiting.is_empty() {
-        while next < requests.len() && waiting.len() < PIPELINE_WINDOW {
-            let msg = call(next)?;
-            waiting.insert(msg.primary_header().serial_num(), next);
-            bus.send(&msg)?;
-            next += 1;
-        }
-        let reply = match replies.next() {
-            Some(reply) => reply?,
-            None => {
-                return Err(SystemdError::Failed(
-                    "the system bus connection closed".into(),
-                ));
-            }
-        };
-        let Some(i) = reply
-            .header()
-            .reply_serial()
-            .and_then(|s| waiting.remove(&s))
-        else {
-            continue;
-        };
-        match reply.message_type() {
-            Type::MethodReturn => out[i] = reply.body().deserialize::<OwnedValue>().ok(),
-            Type::Error
-                if reply.header().error_name().map(|n| n.as_str())
-                    == Some("org.freedesktop.DBus.Error.LimitsExceeded") =>
-            {
-                again.push(i)
-            }
-            _ => {}
-        }
+            .member("PropertiesChanged")?
+            .path_namespace(UNIT_PATH_PREFIX)?
+            .build();
+        let iter = zbus::blocking::MessageIterator::for_match_rule(rule, self.conn()?, Some(256))?;
+        Ok(iter
+            .flatten()
+            .filter_map(|msg| msg.header().path().map(|p| p.to_owned().into())))
     }
-    drop(replies);
-    for i in again {
-        let (path, interface, name) = requests[i];
-        out[i] = property(path, interface, name);
+
+    /// A logind delay inhibitor for shutdown, held as long as the descriptor is open.
+    pub fn inhibit_shutdown_delay(
+        &self,
+        who: &str,
+        why: &str,
+    ) -> Result<zbus::zvariant::OwnedFd, SystemdError> {
+        Ok(self.login()?.inhibit("shutdown", who, why, "delay")?)
     }
-    Ok(out)
+
+    /// Powers off through logind (delay inhibitors hold).
+    pub fn power_off(&self) -> Result<(), SystemdError> {
+        Ok(self.login()?.power_off(false)?)
+    }
+
+    /// Reboots through logind (delay inhibitors hold).
+    pub fn reboot(&self) -> Result<(), SystemdError> {
+        Ok(self.login()?.reboot(false)?)
+    }
 }
 
-/// One property, with one `Get` call; `None` when it cannot be read.
-fn property(path: &OwnedObjectPath, interface: &str, name: &str) -> Option<OwnedValue> {
-    let reply = system_bus()
-        .ok()?
-        .call_method(
-            Some(SYSTEMD),
-            path,
-            Some(PROPERTIES),
-            "Get",
-            &(interface, name),
-        )
-        .ok()?;
-    reply.body().deserialize::<OwnedValue>().ok()
+/// What the HTTP services need of systemd: implemented by [`Bus`], and in tests by
+/// [`crate::systemd::fake::FakeSystemd`], so that their logic runs in-process.
+pub trait Systemd: Send + Sync {
+    /// Units matching `patterns` (shell globs), in any state.
+    fn list_units(&self, patterns: &[&str]) -> Result<Vec<UnitRow>, SystemdError>;
+    /// Runs `verb` on `unit` and waits for the job to end; a job that does not end `done` is a
+    /// [`SystemdError::Job`].
+    fn run_and_wait(
+        &self,
+        verb: Verb,
+        unit: &str,
+        timeout: Option<Duration>,
+    ) -> Result<(), SystemdError>;
+    /// `props` of the unit `unit` (loaded if it is not).
+    fn state(&self, unit: &str, props: &[Prop]) -> Result<ServiceState, SystemdError>;
+    /// `props` of many units by object path, in one batch.
+    fn states(
+        &self,
+        requests: &[(&OwnedObjectPath, &[Prop])],
+    ) -> Result<Vec<ServiceState>, SystemdError>;
 }
 
-/// One numeric property of a service unit (e.g. `MemoryMax`), `None` when it cannot be read.
-pub fn service_u64(path: &OwnedObjectPath, name: &str) -> Option<u64> {
-    u64::try_from(property(path, SERVICE_INTERFACE, name)?).ok()
+impl Systemd for Bus {
+    fn list_units(&self, patterns: &[&str]) -> Result<Vec<UnitRow>, SystemdError> {
+        Bus::list_units(self, patterns)
+    }
+    fn run_and_wait(
+        &self,
+        verb: Verb,
+        unit: &str,
+        timeout: Option<Duration>,
+    ) -> Result<(), SystemdError> {
+        Bus::run_and_wait(self, verb, unit, timeout)
+    }
+    fn state(&self, unit: &str, props: &[Prop]) -> Result<ServiceState, SystemdError> {
+        Bus::state(self, unit, props)
+    }
+    fn states(
+        &self,
+        requests: &[(&OwnedObjectPath, &[Prop])],
+    ) -> Result<Vec<ServiceState>, SystemdError> {
+        Bus::states(self, requests)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unit_paths_are_encoded_as_systemd_does() {
+        assert_eq!(
+            unit_path("homelab-shutdown@x.timer").as_str(),
+            "/org/freedesktop/systemd1/unit/homelab_2dshutdown_40x_2etimer"
+        );
+        assert_eq!(
+            unit_path(r"model@a\x2db.service").as_str(),
+            "/org/freedesktop/systemd1/unit/model_40a_5cx2db_2eservice"
+        );
+    }
+
+    #[test]
+    fn rows_decode_from_the_wire_signature() {
+        assert_eq!(
+            UnitRow::SIGNATURE.to_string(),
+            "(ssssssouso)",
+            "ListUnitsByPatterns returns a(ssssssouso)"
+        );
+    }
 }

@@ -4,8 +4,11 @@
 pub mod activation;
 pub mod dbus;
 pub mod escape;
+#[cfg(test)]
+pub mod fake;
 pub mod procfs;
 pub mod quota;
+pub mod view;
 
 pub use activation::listener;
 

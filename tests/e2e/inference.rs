@@ -18,6 +18,10 @@ pub const GROUP: Group = Group {
             a_model_that_fails_gets_502_with_the_reason,
         ),
         (
+            "a_model_started_with_systemctl_is_running",
+            a_model_started_with_systemctl_is_running,
+        ),
+        (
             "hostile_and_unknown_names_change_nothing",
             hostile_and_unknown_names_change_nothing,
         ),
@@ -103,6 +107,36 @@ fn models_are_the_config_files(s: &Sandbox) -> Result<()> {
         serde_json::json!([])
     );
     Ok(())
+}
+
+fn running_models(s: &Sandbox) -> Result<Vec<String>> {
+    Ok(
+        s.get(":5002/models/running")?.expect(200)?["running_models"]
+            .as_array()
+            .context("running_models")?
+            .iter()
+            .filter_map(|m| m.as_str().map(str::to_string))
+            .collect(),
+    )
+}
+
+/// The service keeps its view of the model units from systemd's signals: a model an admin
+/// starts or stops directly shows so in `GET /models/running` (asynchronously: a deadline).
+fn a_model_started_with_systemctl_is_running(s: &Sandbox) -> Result<()> {
+    setup_models(s)?;
+    ensure_eq!(running_models(s)?, Vec::<String>::new());
+    s.ok("systemctl start model@sleeper.env.service")?;
+    wait_for(
+        "the model started with systemctl to be running",
+        Duration::from_secs(10),
+        || Ok(running_models(s)? == ["sleeper.env"]),
+    )?;
+    s.ok("systemctl stop model@sleeper.env.service")?;
+    wait_for(
+        "the model stopped with systemctl to leave the running ones",
+        Duration::from_secs(10),
+        || Ok(running_models(s)?.is_empty()),
+    )
 }
 
 fn start_restart_stop_a_model_as_abc(s: &Sandbox) -> Result<()> {

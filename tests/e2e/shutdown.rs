@@ -42,6 +42,11 @@ pub const GROUP: Group = Group {
             a_timer_systemd_no_longer_has_is_not_pending,
         ),
         (
+            "a_timer_stopped_with_systemctl_leaves_the_schedules",
+            a_timer_stopped_with_systemctl_leaves_the_schedules,
+        ),
+        ("reads_ask_systemd_nothing", reads_ask_systemd_nothing),
+        (
             "polkit_grants_abc_exactly_the_shutdown_timers",
             polkit_grants_abc_exactly_the_shutdown_timers,
         ),
@@ -572,6 +577,126 @@ fn a_timer_systemd_no_longer_has_is_not_pending(s: &Sandbox) -> Result<()> {
             .get(recurring.json["unit"].as_str().unwrap_or_default())
             .is_some(),
         "the new entry is missing: {state}"
+    );
+    clear_schedules(s)
+}
+
+/// The ids in `GET /shutdown/schedules`.
+fn schedule_units(s: &Sandbox) -> Result<Vec<String>> {
+    Ok(s.get(":5001/shutdown/schedules")?.expect(200)?["schedules"]
+        .as_array()
+        .context("schedules")?
+        .iter()
+        .filter_map(|e| e["unit"].as_str().map(str::to_string))
+        .collect())
+}
+
+/// The service keeps its view from systemd's signals: a timer an admin stops directly leaves
+/// the listing without any request of ours in between (signals are asynchronous: a deadline).
+fn a_timer_stopped_with_systemctl_leaves_the_schedules(s: &Sandbox) -> Result<()> {
+    clear_schedules(s)?;
+    let unit = schedule_recurring_reboot(s, "Sun 05:30")?;
+    ensure!(schedule_units(s)?.contains(&unit), "{unit} is not listed");
+    s.ok(&format!("systemctl stop '{unit}'"))?;
+    wait_for(
+        "the stopped timer to leave GET /shutdown/schedules",
+        Duration::from_secs(10),
+        || Ok(!schedule_units(s)?.contains(&unit)),
+    )?;
+    // ... and a timer started directly (as the boot-time restore does) appears.
+    s.ok(&format!("systemctl start '{unit}'"))?;
+    wait_for(
+        "the started timer to appear in GET /shutdown/schedules",
+        Duration::from_secs(10),
+        || Ok(schedule_units(s)?.contains(&unit)),
+    )?;
+    clear_schedules(s)
+}
+
+/// `busctl monitor` of every message the service sends shows no listing and no property read
+/// while clients poll `/shutdown/status`, `/next` and `/schedules`; requests that change
+/// something (which do call systemd) bracket the reads, so the monitor is shown to see the
+/// service's calls, and everything sent before the last of them is in the log.
+fn reads_ask_systemd_nothing(s: &Sandbox) -> Result<()> {
+    clear_schedules(s)?;
+    s.get(":5001/shutdown/status")?.expect(200)?;
+    let invocation = s.prop("shutdown-service.service", "InvocationID")?;
+    wait_for(
+        "the service to follow its units from signals",
+        Duration::from_secs(10),
+        || {
+            Ok(s
+                .sh(&format!(
+                    "journalctl -o cat _SYSTEMD_INVOCATION_ID={invocation} | grep -q 'from systemd.s signals'"
+                ))?
+                .status
+                .success())
+        },
+    )?;
+    let pid = s.prop("shutdown-service.service", "MainPID")?;
+    let name = s
+        .ok(&format!(
+            "busctl --system list --unique --no-legend | awk '$2 == {pid} {{ print $1 }}'"
+        ))?
+        .trim()
+        .to_string();
+    ensure!(
+        name.starts_with(":1."),
+        "no bus name for pid {pid}: {name:?}"
+    );
+    // The monitor runs as a unit of its own, writing line by line, until stopped.
+    let monitor = format!(
+        "exec stdbuf -oL busctl monitor --system --match \"sender='{name}'\" >/run/watch-bus.log 2>&1"
+    );
+    s.ok(&format!(
+        "cat > /run/watch-bus.sh <<'EOF'\n{monitor}\nEOF\nsystemd-run --unit=homelab-watch-bus --collect sh /run/watch-bus.sh"
+    ))?;
+    let count = |member: &str| -> Result<usize> {
+        Ok(s.ok(&format!(
+            "grep -c 'Member={member}\\b' /run/watch-bus.log || true"
+        ))?
+        .trim()
+        .parse()
+        .unwrap_or(0))
+    };
+    // A one-off replaced again and again (StopUnit, StartUnit) until the monitor sees one.
+    wait_for(
+        "busctl monitor to see the service start a timer",
+        Duration::from_secs(20),
+        || {
+            let r = send(
+                s,
+                "POST",
+                "/shutdown/schedule",
+                r#"{"minutes": 30, "replace": true}"#,
+            )?;
+            ensure!(matches!(r.status, 200 | 409), "{}", r.body);
+            Ok(count("StartUnit")? > 0)
+        },
+    )?;
+    let reads = || -> Result<usize> {
+        Ok(count("ListUnitsByPatterns")? + count("Get")? + count("GetAll")?)
+    };
+    let before = reads()?;
+    for _ in 0..20 {
+        for path in ["/shutdown/status", "/shutdown/next", "/shutdown/schedules"] {
+            s.get(&format!(":5001{path}"))?.expect(200)?;
+        }
+    }
+    let stops = count("StopUnit")?;
+    send(s, "POST", "/shutdown/cancel", "")?.expect(200)?;
+    wait_for(
+        "busctl monitor to see the cancel's StopUnit",
+        Duration::from_secs(10),
+        || Ok(count("StopUnit")? > stops),
+    )?;
+    let after = reads()?;
+    s.ok("systemctl stop homelab-watch-bus.service")?;
+    ensure_eq!(
+        after,
+        before,
+        "60 GETs made D-Bus reads: {}",
+        s.ok("grep -o 'Member=[A-Za-z]*' /run/watch-bus.log | sort | uniq -c")?
     );
     clear_schedules(s)
 }
