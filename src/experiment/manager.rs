@@ -189,8 +189,7 @@ impl ExperimentManager {
         config::validate_id(&spec.id).map_err(ManagerError::InvalidId)?;
         let spec = spec.validate().map_err(ManagerError::Invalid)?;
         let unit = spec.unit();
-        self.bus
-            .start_transient_and_wait(&unit, &spec.properties())?;
+        self.bus.start_transient_and_wait(&unit, &spec.settings())?;
         Ok(unit)
     }
 

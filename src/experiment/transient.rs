@@ -1,11 +1,11 @@
 //! `brainctl run`: a transient experiment unit (`StartTransientUnit`, as `systemd-run` does).
 //!
-//! The properties below are the transient twin of `systemd/brain-experiment@.service`: the same
+//! The settings below are the transient twin of `systemd/brain-experiment@.service`: the same
 //! slice, target, restart policy, user and hardening. Change one, change the other.
 
 use super::config::{GPU_DEVICES, SLICE, TARGET, transient_unit, validate_id};
+use crate::systemd::transient::{Flag, Setting};
 use std::path::PathBuf;
-use zbus::zvariant::Value;
 
 /// Restart policy shared with the template: `Restart=on-failure`, at most 3 starts in 10 min.
 pub const RESTART_USEC: u64 = 2_000_000;
@@ -54,8 +54,9 @@ impl RunSpec {
         Ok(self)
     }
 
-    /// The unit's properties for `StartTransientUnit`.
-    pub fn properties(&self) -> Vec<(&'static str, Value<'static>)> {
+    /// The unit's settings for `StartTransientUnit`.
+    pub fn settings(&self) -> Vec<Setting> {
+        use Setting::*;
         let mut env = vec![format!("EXPERIMENT_ID={}", self.id)];
         if let Some(c) = &self.config {
             env.push(format!("EXPERIMENT_CONFIG={}", c.display()));
@@ -63,102 +64,81 @@ impl RunSpec {
         // The gate runs first and execs the command once admitted (as the template's ExecStart=).
         let mut argv = vec![GATE.to_string()];
         argv.extend(self.command.iter().cloned());
-        let exec = vec![(GATE.to_string(), argv, false)];
-        let mut props: Vec<(&'static str, Value<'static>)> = vec![
-            (
-                "Description",
-                Value::from(format!("Brain-in-jar experiment {} (transient)", self.id)),
-            ),
-            ("Type", Value::from("notify")),
-            ("NotifyAccess", Value::from("main")),
-            ("TimeoutStartUSec", Value::from(TIMEOUT_START_USEC)),
-            (
-                "RestartPreventExitStatus",
-                Value::from((
-                    vec![i32::from(crate::coordinator::EXIT_REFUSED)],
-                    Vec::<i32>::new(),
-                )),
-            ),
-            ("Wants", Value::from(vec![COORDINATOR_SOCKET.to_string()])),
-            ("After", Value::from(vec![COORDINATOR_SOCKET.to_string()])),
-            ("ExecStart", Value::from(exec)),
-            ("Slice", Value::from(SLICE)),
-            ("PartOf", Value::from(vec![TARGET.to_string()])),
-            ("MemoryMax", Value::from(self.memory_max)),
-            ("Restart", Value::from("on-failure")),
-            ("RestartUSec", Value::from(RESTART_USEC)),
-            ("StartLimitBurst", Value::from(START_LIMIT_BURST)),
-            (
-                "StartLimitIntervalUSec",
-                Value::from(START_LIMIT_INTERVAL_USEC),
-            ),
-            ("TimeoutStopUSec", Value::from(TIMEOUT_STOP_USEC)),
-            ("KillSignal", Value::from(15i32)),
-            ("User", Value::from(USER)),
-            ("Group", Value::from(USER)),
-            ("Environment", Value::from(env)),
-            (
-                "SyslogIdentifier",
-                Value::from(format!("brain-experiment-{}", self.id)),
-            ),
-            (
-                "LogsDirectory",
-                Value::from(vec!["brain-in-jar".to_string()]),
-            ),
+        let mut settings = vec![
+            Description(format!("Brain-in-jar experiment {} (transient)", self.id)),
+            Type("notify"),
+            NotifyAccess("main"),
+            TimeoutStartUSec(TIMEOUT_START_USEC),
+            RestartPreventExitStatus(vec![i32::from(crate::coordinator::EXIT_REFUSED)]),
+            Wants(vec![COORDINATOR_SOCKET.to_string()]),
+            After(vec![COORDINATOR_SOCKET.to_string()]),
+            ExecStart {
+                program: GATE.to_string(),
+                argv,
+            },
+            Slice(SLICE.to_string()),
+            PartOf(vec![TARGET.to_string()]),
+            MemoryMax(self.memory_max),
+            Restart("on-failure"),
+            RestartUSec(RESTART_USEC),
+            StartLimitBurst(START_LIMIT_BURST),
+            StartLimitIntervalUSec(START_LIMIT_INTERVAL_USEC),
+            TimeoutStopUSec(TIMEOUT_STOP_USEC),
+            KillSignal(15),
+            User(USER.to_string()),
+            Group(USER.to_string()),
+            Environment(env),
+            SyslogIdentifier(format!("brain-experiment-{}", self.id)),
+            LogsDirectory(vec!["brain-in-jar".to_string()]),
             // Hardening, as in brain-experiment@.service.
-            ("CapabilityBoundingSet", Value::from(0u64)),
-            ("NoNewPrivileges", Value::from(true)),
-            ("PrivateTmp", Value::from(true)),
-            ("ProtectSystem", Value::from("strict")),
-            ("ProtectHome", Value::from("read-only")),
-            ("ProtectKernelTunables", Value::from(true)),
-            ("ProtectKernelModules", Value::from(true)),
-            ("ProtectKernelLogs", Value::from(true)),
-            ("ProtectControlGroups", Value::from(true)),
-            ("ProtectClock", Value::from(true)),
-            ("ProtectHostname", Value::from(true)),
-            ("LockPersonality", Value::from(true)),
-            ("RestrictRealtime", Value::from(true)),
-            ("RestrictSUIDSGID", Value::from(true)),
-            ("DevicePolicy", Value::from("closed")),
-            ("ProtectProc", Value::from("invisible")),
-            ("RemoveIPC", Value::from(true)),
-            (
-                "RestrictAddressFamilies",
-                Value::from((
-                    true,
-                    vec!["AF_UNIX", "AF_INET", "AF_INET6", "AF_NETLINK"]
-                        .into_iter()
-                        .map(String::from)
-                        .collect::<Vec<_>>(),
-                )),
+            CapabilityBoundingSet(0),
+            ProtectSystem("strict"),
+            ProtectHome("read-only"),
+            DevicePolicy("closed"),
+            ProtectProc("invisible"),
+            RestrictAddressFamilies(
+                ["AF_UNIX", "AF_INET", "AF_INET6", "AF_NETLINK"]
+                    .map(String::from)
+                    .to_vec(),
             ),
             // The namespaces an experiment may create: none (RestrictNamespaces=yes).
-            ("RestrictNamespaces", Value::from(0u64)),
-            (
-                "SystemCallArchitectures",
-                Value::from(vec!["native".to_string()]),
-            ),
-            (
-                "SystemCallFilter",
-                Value::from((true, vec!["@system-service".to_string()])),
-            ),
-            ("UMask", Value::from(0o027u32)),
+            RestrictNamespaces(0),
+            SystemCallArchitectures(vec!["native".to_string()]),
+            SystemCallFilter(vec!["@system-service".to_string()]),
+            UMask(0o027),
         ];
+        settings.extend(
+            [
+                Flag::NoNewPrivileges,
+                Flag::PrivateTmp,
+                Flag::ProtectKernelTunables,
+                Flag::ProtectKernelModules,
+                Flag::ProtectKernelLogs,
+                Flag::ProtectControlGroups,
+                Flag::ProtectClock,
+                Flag::ProtectHostname,
+                Flag::LockPersonality,
+                Flag::RestrictRealtime,
+                Flag::RestrictSUIDSGID,
+                Flag::RemoveIPC,
+            ]
+            .map(|f| Setting::Bool(f, true)),
+        );
         if let Some(usec) = self
             .cpu_quota_percent
             .map(crate::systemd::quota::usec_from_percent)
         {
-            props.push(("CPUQuotaPerSecUSec", Value::from(usec)));
+            settings.push(CPUQuotaPerSecUSec(usec));
         }
         if self.gpu {
-            let devices: Vec<(String, String)> = GPU_DEVICES
-                .iter()
-                .map(|d| (d.to_string(), "rw".to_string()))
-                .collect();
-            props.push(("DeviceAllow", Value::from(devices)));
+            settings.push(DeviceAllow(
+                GPU_DEVICES
+                    .iter()
+                    .map(|d| (d.to_string(), "rw".to_string()))
+                    .collect(),
+            ));
         }
-        props
+        settings
     }
 }
 
@@ -250,21 +230,23 @@ mod tests {
             config: Some("/etc/x.json".into()),
             ..spec().validate().unwrap()
         };
-        let props = s.properties();
-        let get = |k: &str| props.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone());
-        assert_eq!(get("MemoryMax"), Some(Value::from(1u64 << 30)));
-        assert_eq!(get("CPUQuotaPerSecUSec"), Some(Value::from(1_500_000u64)));
-        assert_eq!(get("Slice"), Some(Value::from("brain-experiments.slice")));
-        assert_eq!(get("Restart"), Some(Value::from("on-failure")));
-        assert_eq!(get("StartLimitBurst"), Some(Value::from(3u32)));
-        assert!(get("DeviceAllow").is_some());
-        assert_eq!(
-            get("Environment"),
-            Some(Value::from(vec![
-                "EXPERIMENT_ID=exp1".to_string(),
-                "EXPERIMENT_CONFIG=/etc/x.json".to_string()
-            ]))
+        let settings = s.settings();
+        let has = |x: Setting| settings.contains(&x);
+        assert!(has(Setting::MemoryMax(1 << 30)));
+        assert!(has(Setting::CPUQuotaPerSecUSec(1_500_000)));
+        assert!(has(Setting::Slice("brain-experiments.slice".into())));
+        assert!(has(Setting::Restart("on-failure")));
+        assert!(has(Setting::StartLimitBurst(3)));
+        assert!(has(Setting::Bool(Flag::NoNewPrivileges, true)));
+        assert!(
+            settings
+                .iter()
+                .any(|x| matches!(x, Setting::DeviceAllow(_)))
         );
+        assert!(has(Setting::Environment(vec![
+            "EXPERIMENT_ID=exp1".to_string(),
+            "EXPERIMENT_CONFIG=/etc/x.json".to_string()
+        ])));
         assert_eq!(s.unit(), "brain-run-exp1.service");
         let no_cpu = RunSpec {
             cpu_quota_percent: None,
@@ -272,9 +254,9 @@ mod tests {
         };
         assert!(
             !no_cpu
-                .properties()
+                .settings()
                 .iter()
-                .any(|(n, _)| *n == "CPUQuotaPerSecUSec")
+                .any(|x| matches!(x, Setting::CPUQuotaPerSecUSec(_)))
         );
     }
 }

@@ -430,11 +430,12 @@ impl Bus {
     pub fn start_transient_and_wait(
         &self,
         unit: &str,
-        properties: &[(&str, Value<'_>)],
+        settings: &[super::transient::Setting],
     ) -> Result<(), SystemdError> {
+        let properties: Vec<(&str, Value<'_>)> = settings.iter().map(|s| s.to_property()).collect();
         let m = self.manager()?;
         self.wait_for_job(unit, "start", None, || {
-            Ok(m.start_transient_unit(unit, "fail", properties, &[])?)
+            Ok(m.start_transient_unit(unit, "fail", &properties, &[])?)
         })
     }
 

@@ -8,6 +8,7 @@ pub mod escape;
 pub mod fake;
 pub mod procfs;
 pub mod quota;
+pub mod transient;
 pub mod view;
 
 pub use activation::listener;
