@@ -23,9 +23,12 @@ where
     F: FnOnce() -> anyhow::Result<S>,
 {
     let opts = ServeOptions::from_env()?;
+    // Before `build` starts the service's threads (its view of systemd's signals), so that
+    // every thread inherits the blocked SIGTERM and a stop loses no access line.
+    let signals = server::stop_signals();
     let service = build()?;
     let listener = systemd::listener(args.listen, socket_unit)?;
-    server::serve(listener, Arc::new(service), &opts)
+    server::serve(listener, Arc::new(service), &opts, signals)
 }
 
 /// Runs `main`; an error is one line on stderr (error priority in the journal) and exit code 1.

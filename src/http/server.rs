@@ -101,16 +101,15 @@ impl Activity {
 }
 
 /// Serves until idle (or forever) and tells systemd it is ready once requests can be answered.
+/// `signals` is [`stop_signals`]'s descriptor, taken before any thread of the process started.
 pub fn serve(
     listener: TcpListener,
     service: Arc<dyn Service>,
     opts: &ServeOptions,
+    mut signals: Option<nix::sys::signalfd::SignalFd>,
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     listener.set_nonblocking(true)?;
-    // Before any thread starts, so that all inherit the mask: SIGTERM and SIGINT then reach us
-    // only through `signals`, and a stop finishes the requests in flight and flushes the log.
-    let mut signals = stop_signals();
     let activity = Arc::new(Activity {
         last: Mutex::new(Instant::now()),
         in_flight: AtomicUsize::new(0),
@@ -202,8 +201,10 @@ pub fn serve(
 }
 
 /// SIGTERM and SIGINT, blocked for this thread (and the threads it starts) and readable without
-/// blocking; `None` (the default actions stay) if that fails.
-fn stop_signals() -> Option<nix::sys::signalfd::SignalFd> {
+/// blocking; `None` (the default actions stay) if that fails. Call it before any thread starts
+/// (the service's own, zbus's): a thread started earlier keeps the default action, and a stop
+/// would then kill the process before the requests in flight end and the log is flushed.
+pub fn stop_signals() -> Option<nix::sys::signalfd::SignalFd> {
     use nix::sys::signal::Signal;
     crate::signals::take(&[Signal::SIGTERM, Signal::SIGINT], true)
         .inspect_err(|e| {
