@@ -25,6 +25,34 @@ pub struct State {
 
 pub struct StateStore {
     path: PathBuf,
+    /// The last state [`StateStore::peek`] read, and the file it read it from: a read-only
+    /// request whose file has not changed since (same inode, size, mtime and ctime; every save
+    /// is a rename, so a new inode) costs one `lstat`, not an open, a read and a parse.
+    cache: std::sync::Mutex<Option<(Stamp, State)>>,
+}
+
+/// What identifies one version of the state file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime_nsec: i128,
+    ctime_nsec: i128,
+}
+
+impl Stamp {
+    fn of(path: &Path) -> Option<Stamp> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::symlink_metadata(path).ok()?;
+        Some(Stamp {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime_nsec: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+            ctime_nsec: i128::from(m.ctime()) * 1_000_000_000 + i128::from(m.ctime_nsec()),
+        })
+    }
 }
 
 impl StateStore {
@@ -36,6 +64,7 @@ impl StateStore {
         );
         StateStore {
             path: dir.join(STATE_FILE),
+            cache: std::sync::Mutex::new(None),
         }
     }
 
@@ -73,7 +102,19 @@ impl StateStore {
 
     /// The state for a read-only request: like [`StateStore::load`], but writes nothing.
     pub fn peek(&self) -> State {
-        statefile::peek(&self.path, MAX_STATE_BYTES)
+        let Some(stamp) = Stamp::of(&self.path) else {
+            return statefile::peek(&self.path, MAX_STATE_BYTES);
+        };
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((seen, state)) = cache.as_ref()
+            && *seen == stamp
+        {
+            return state.clone();
+        }
+        // Stamped before the read: a change during the read shows as a new stamp next time.
+        let state: State = statefile::peek(&self.path, MAX_STATE_BYTES);
+        *cache = Some((stamp, state.clone()));
+        state
     }
 
     /// Writes the whole state atomically.
@@ -107,6 +148,34 @@ mod tests {
             created_at: "t".into(),
             minutes: None,
         }
+    }
+
+    #[test]
+    fn a_peek_sees_every_change_whoever_made_it() {
+        let dir = tempdir();
+        let store = StateStore::new(Some(&dir));
+        assert!(store.peek().schedules.is_empty());
+        store
+            .update(|s| {
+                s.schedules.insert("u1".into(), stored("Mon 23:00"));
+            })
+            .unwrap();
+        assert_eq!(store.peek().schedules.len(), 1);
+        assert_eq!(store.peek().schedules["u1"], stored("Mon 23:00"));
+        // Another process (the idle check) saves through its own store.
+        StateStore::new(Some(&dir))
+            .update(|s| {
+                s.schedules.insert("u2".into(), stored("Tue 23:00"));
+            })
+            .unwrap();
+        assert_eq!(store.peek().schedules.len(), 2);
+        // Rewritten in place, same size: the ctime and mtime still move.
+        let text = fs::read_to_string(store.path()).unwrap();
+        fs::write(store.path(), text.replace("Tue 23:00", "Wed 23:00")).unwrap();
+        assert_eq!(store.peek().schedules["u2"], stored("Wed 23:00"));
+        fs::remove_file(store.path()).unwrap();
+        assert!(store.peek().schedules.is_empty());
+        let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]
