@@ -2,6 +2,10 @@
 # prefix of its messages), DIR (the sandbox) and NS (its network namespace) before sourcing.
 # shellcheck shell=bash
 
+# Where the sandbox's unit files go (its /etc/systemd/system); used by the sourcing scripts.
+# shellcheck disable=SC2034
+UNITDIR=$DIR/etc/systemd/system
+
 die() { printf '\n%s: FAILED: %s\n' "$NAME" "$*" >&2; exit 1; }
 step() { printf '\n==> %s\n' "$*" >&2; }
 sandbox() { bash tests/e2e/sandbox.sh "$@"; }

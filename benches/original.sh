@@ -19,7 +19,6 @@ NAME=bench-original
 COMMIT=fc4de87
 ORIG=${HOMELAB_ORIGINAL:-}
 SECONDS_PER_RUN=${BENCH_SECONDS:-8}
-UNITDIR=$DIR/etc/systemd/system
 # Where the original's unit files expect their code, their venvs and their user.
 HLS=/config/HomeLabSmith
 VENV=/var/lib/home-lab-services/shutdown-venv

@@ -12,7 +12,6 @@ cd "$(dirname "$0")/.."
 DIR=/var/tmp/homelab-bench
 NS=homelab-bench
 RUNS=${BENCH_RUNS:-20}
-UNITDIR=$DIR/etc/systemd/system
 
 NAME=bench
 # shellcheck source=benches/lib.sh

@@ -15,7 +15,6 @@ cd "$(dirname "$0")/.."
 DIR=/var/tmp/homelab-stress
 NS=homelab-stress
 SECONDS_PER_ATTACK=${STRESS_SECONDS:-15}
-UNITDIR=$DIR/etc/systemd/system
 
 NAME=stress
 # shellcheck source=benches/lib.sh
