@@ -16,6 +16,11 @@ struct Args {
     /// have passed are dropped (run at boot by homelab-shutdown-restore.service)
     #[arg(long)]
     restore: bool,
+    /// Act for the schedule whose timer just elapsed, by its service's name (run by
+    /// homelab-shutdown@.service and homelab-reboot@.service): wait, skip or proceed as its
+    /// policy says when the machine is busy, then have root power off or reboot
+    #[arg(long, value_name = "UNIT", conflicts_with = "restore")]
+    fire: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -25,6 +30,8 @@ fn main() -> ExitCode {
     cli::run(|| {
         if args.restore {
             shutdown::restore(&shutdown::state::StateStore::new(None), &bus)
+        } else if let Some(unit) = &args.fire {
+            shutdown::fire::run(unit, &bus)
         } else {
             cli::serve(&args.service, "shutdown-service.socket", || {
                 shutdown::from_environment(&bus)

@@ -105,11 +105,33 @@ struct Coordinator {
     /// The main process of each unit this instance admitted: if it connects again (it may, as
     /// user brain), it is a running experiment, not a gate, and keeps counting.
     admitted: HashMap<String, u32>,
-    inhibitor: Option<zbus::zvariant::OwnedFd>,
+    /// The shutdown `block` inhibitor held while experiments run, with the why it was taken with.
+    inhibitor: Option<(String, zbus::zvariant::OwnedFd)>,
     /// Experiments admitted at the last evaluation (for the status line).
     running: usize,
     /// NVIDIA GPUs, when the NVML library is there.
     nvml: Option<nvml::Nvml>,
+}
+
+/// The why of the shutdown inhibitor: the running experiments' ids (at most 8 named); `None`
+/// when none runs.
+fn inhibitor_why(units: &[String]) -> Option<String> {
+    const NAMED: usize = 8;
+    if units.is_empty() {
+        return None;
+    }
+    let mut ids: Vec<String> = units
+        .iter()
+        .map(|u| experiments::id_of(u).unwrap_or_else(|| u.clone()))
+        .collect();
+    ids.sort();
+    let more = ids.len().saturating_sub(NAMED);
+    ids.truncate(NAMED);
+    let mut why = format!("experiments running: {}", ids.join(", "));
+    if more > 0 {
+        why.push_str(&format!(" and {more} more"));
+    }
+    Some(why)
 }
 
 /// Runs the coordinator until killed.
@@ -574,6 +596,7 @@ impl Coordinator {
             .collect();
         let plan = policy::evaluate(&self.cfg, self.thermal, &admitted, &waiting);
         let mut running = admitted.len();
+        let mut running_units: Vec<String> = admitted.iter().map(|a| a.unit.clone()).collect();
         for unit in plan.admit {
             let Some(mut q) = self.waiting.remove(&unit) else {
                 continue;
@@ -592,12 +615,13 @@ impl Coordinator {
                 log_info!("admitted {unit}");
                 let env_changed = env_changed(&unit);
                 self.memory.insert(
-                    unit,
+                    unit.clone(),
                     Declared {
                         bytes: q.memory,
                         env_changed,
                     },
                 );
+                running_units.push(unit);
                 running += 1;
             }
         }
@@ -619,21 +643,30 @@ impl Coordinator {
             }
         }
         self.running = running;
-        self.hold_inhibitor(running);
+        self.hold_inhibitor(&running_units);
     }
 
-    /// While experiments run, a logind delay inhibitor gives them time to stop at shutdown.
-    fn hold_inhibitor(&mut self, running: usize) {
-        if running > 0 && self.inhibitor.is_none() {
-            match self.bus.inhibit_shutdown_delay(
-                "brain-experiment-coordinator",
-                "experiments are running and stop gracefully",
-            ) {
-                Ok(fd) => self.inhibitor = Some(fd),
-                Err(e) => log_warn!("cannot take a shutdown inhibitor: {e}"),
-            }
-        } else if running == 0 {
+    /// While experiments run, a logind `block` inhibitor for shutdown naming them: the machine
+    /// is busy, and power schedules apply their `when_busy` policy. When the set changes, the
+    /// new lock is taken before the old one goes, so the machine is never idle in between.
+    fn hold_inhibitor(&mut self, running: &[String]) {
+        let Some(why) = inhibitor_why(running) else {
             self.inhibitor = None;
+            return;
+        };
+        if self
+            .inhibitor
+            .as_ref()
+            .is_some_and(|(held, _)| *held == why)
+        {
+            return;
+        }
+        match self
+            .bus
+            .inhibit_shutdown_block("brain-experiment-coordinator", &why)
+        {
+            Ok(fd) => self.inhibitor = Some((why, fd)),
+            Err(e) => log_warn!("cannot take a shutdown inhibitor: {e}"),
         }
     }
 
@@ -771,6 +804,23 @@ pub fn gate(socket: &Path, mut on_answer: impl FnMut(&Answer)) -> Answer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_inhibitor_names_the_running_experiments() {
+        assert_eq!(inhibitor_why(&[]), None);
+        let units: Vec<String> = ["brain-experiment@b.service", "brain-experiment@a.service"]
+            .map(String::from)
+            .to_vec();
+        assert_eq!(
+            inhibitor_why(&units).as_deref(),
+            Some("experiments running: a, b")
+        );
+        let many: Vec<String> = (0..10)
+            .map(|i| format!("brain-experiment@e{i}.service"))
+            .collect();
+        let why = inhibitor_why(&many).unwrap();
+        assert!(why.ends_with("e7 and 2 more"), "{why}");
+    }
 
     #[test]
     fn answers_parse() {

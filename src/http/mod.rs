@@ -122,6 +122,16 @@ impl Request {
 }
 
 /// Names a JSON value's type the way an error message should.
+/// A client's value for an error message: a string quoted (its first 40 characters), a number
+/// as it is, anything else by its type.
+pub fn shown(v: &Value) -> String {
+    match v {
+        Value::String(s) => format!("{:?}", s.chars().take(40).collect::<String>()),
+        Value::Number(n) => n.to_string(),
+        other => json_type_name(other).to_string(),
+    }
+}
+
 pub fn json_type_name(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",

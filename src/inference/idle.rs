@@ -110,12 +110,19 @@ fn schedule_power_off(bus: &Bus, now: DateTime<Local>) -> anyhow::Result<()> {
         action: Action::Poweroff,
         replace: false,
         minutes: None,
+        // The configuration's policy when busy, applied when it fires, as for any schedule.
+        when_busy: None,
+        max_wait_minutes: None,
+        wake: None,
     };
     // A process of its own that lives for one check: its view asks systemd on every read.
     let schedules = Schedules::new(
         StateStore::new(None),
         std::sync::Arc::new(bus.clone()),
         UnitView::new(crate::shutdown::schedule::TIMER_PATTERNS),
+        crate::shutdown::config::Config::load()
+            .map(|c| c.policy)
+            .unwrap_or_default(),
     );
     match schedules
         .schedule(&request, now)

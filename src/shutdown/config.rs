@@ -11,6 +11,8 @@ pub const PATH_ENV: &str = "HOMELAB_SHUTDOWN_CONFIG";
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
     pub default_minutes: u64,
+    /// What a schedule that does not say does when the machine is busy.
+    pub policy: super::busy::Policy,
     pub auth_enabled: bool,
     pub path: PathBuf,
 }
@@ -19,6 +21,7 @@ impl Default for Config {
     fn default() -> Config {
         Config {
             default_minutes: 1,
+            policy: super::busy::Policy::default(),
             auth_enabled: true,
             path: PathBuf::from(DEFAULT_PATH),
         }
@@ -41,6 +44,9 @@ struct File {
 #[serde(deny_unknown_fields)]
 struct ShutdownSection {
     default_minutes: Option<u64>,
+    /// `"proceed"`, `"wait"` or `"skip"`.
+    when_busy: Option<serde_json::Value>,
+    max_wait_minutes: Option<serde_json::Value>,
     /// The original's lock file: the timer unit is the lock now; accepted, unused.
     #[serde(default)]
     lock_file: Option<String>,
@@ -80,8 +86,31 @@ impl Config {
                 super::schedule::MAX_MINUTES
             );
         }
+        let default = super::busy::Policy::default();
+        let when_busy = match &file.shutdown.when_busy {
+            None => default.when_busy,
+            Some(v) => super::busy::WhenBusy::parse(v).map_err(|e| {
+                anyhow::anyhow!(
+                    "shutdown.{}",
+                    e.trim_start_matches('"').replacen('"', "", 1)
+                )
+            })?,
+        };
+        let max_wait_minutes = match &file.shutdown.max_wait_minutes {
+            None => default.max_wait_minutes,
+            Some(v) => super::busy::parse_max_wait(v).map_err(|e| {
+                anyhow::anyhow!(
+                    "shutdown.{}",
+                    e.trim_start_matches('"').replacen('"', "", 1)
+                )
+            })?,
+        };
         Ok(Config {
             default_minutes,
+            policy: super::busy::Policy {
+                when_busy,
+                max_wait_minutes,
+            },
             auth_enabled: file.auth.enabled.unwrap_or(true),
             path,
         })
@@ -100,6 +129,14 @@ mod tests {
         )
         .unwrap();
         assert_eq!((c.default_minutes, c.auth_enabled), (5, true));
+        assert_eq!(c.policy, super::super::busy::Policy::default());
+        let c = Config::parse(
+            br#"{"shutdown": {"when_busy": "skip", "max_wait_minutes": 30}}"#,
+            PathBuf::from("x"),
+        )
+        .unwrap();
+        assert_eq!(c.policy.when_busy, super::super::busy::WhenBusy::Skip);
+        assert_eq!(c.policy.max_wait_minutes, 30);
         assert!(
             !Config::parse(br#"{"auth": {"enabled": false}}"#, PathBuf::new())
                 .unwrap()
@@ -113,6 +150,8 @@ mod tests {
             &br#"{"shutdown": {"default_minutes": 0}}"#[..],
             br#"{"shutdown": {"default_minutes": "5"}}"#,
             br#"{"shutdwn": {}}"#,
+            br#"{"shutdown": {"when_busy": "later"}}"#,
+            br#"{"shutdown": {"max_wait_minutes": 0}}"#,
             b"{",
         ] {
             assert!(

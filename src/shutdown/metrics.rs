@@ -98,7 +98,7 @@ mod tests {
             calendar: "Mon..Fri 23:00".into(),
             action: Action::Reboot,
             next_elapse_usec: 1_800_000_000_000_000,
-            stored: None,
+            ..Pending::default()
         }];
         let page = page(&pending, Some((Action::Poweroff, 42)));
         assert!(

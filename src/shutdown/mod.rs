@@ -6,11 +6,14 @@
 //! What is pending is what systemd has, joined with the state file. Read-only requests write
 //! nothing; mutating ones (and the boot-time restore) drop entries whose timer is gone.
 
+pub mod busy;
 pub mod config;
+pub mod fire;
 pub mod metrics;
 pub mod schedule;
 pub mod state;
 pub mod system;
+pub mod wake;
 
 use crate::experiment::config::{TEMPLATE_PATTERN, TRANSIENT_PATTERN};
 use crate::http::auth::Auth;
@@ -18,6 +21,7 @@ use crate::http::{self, ApiError, Method, Request, Response, Service};
 use crate::systemd::dbus::{Bus, Prop, Systemd, Verb};
 use crate::systemd::view::{UnitView, ViewUnit};
 use crate::{log_info, log_warn};
+use busy::Policy;
 use chrono::{DateTime, Local};
 use config::Config;
 use schedule::{Conflict, Kind, Pending, ScheduleRequest};
@@ -25,6 +29,7 @@ use serde_json::{Value, json};
 use state::{State, StateStore};
 use std::sync::Arc;
 use std::time::Duration;
+use wake::Wake;
 
 pub const SERVICE_NAME: &str = "Shutdown Service";
 
@@ -73,6 +78,10 @@ pub const VIEW_PATTERNS: &[&str] = &[
     TRANSIENT_PATTERN,
 ];
 
+/// The root-owned unit that acts for a schedule: `poweroff`, `reboot`, `poweroff-wake-EPOCH`,
+/// `clear-wake-EPOCH` (see `homelab-power-action`).
+pub const ACTOR_PREFIX: &str = "homelab-power-action@";
+
 /// How long starting or stopping a timer may take (milliseconds, normally).
 const TIMER_JOB_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -87,9 +96,9 @@ impl ShutdownService {
         view: Arc<UnitView>,
     ) -> ShutdownService {
         ShutdownService {
-            config,
             auth,
-            schedules: Schedules::new(store, systemd, view),
+            schedules: Schedules::new(store, systemd, view, config.policy),
+            config,
         }
     }
 }
@@ -98,7 +107,7 @@ impl ShutdownService {
 #[derive(Debug)]
 pub enum Outcome {
     /// The timer runs; what is pending for it now.
-    Scheduled(Pending),
+    Scheduled(Box<Pending>),
     /// Refused by the conflict rules; nothing changed.
     Conflict(Conflict),
 }
@@ -111,15 +120,48 @@ pub struct Schedules {
     /// Our timers (and, for the service, the experiments), kept current from systemd's signals
     /// where the view watches; a view that does not watch asks `systemd` on every read.
     view: Arc<UnitView>,
+    /// The policy when busy of schedules that do not give their own (the configuration's).
+    policy: Policy,
+    /// Expected wake times of `wake_calendar` schedules, by calendar and power-off time: a read
+    /// asks `systemd-analyze` once per schedule and occurrence, not per request.
+    wakes: std::sync::Mutex<std::collections::HashMap<(String, i64), Option<i64>>>,
 }
 
 impl Schedules {
-    pub fn new(store: StateStore, systemd: Arc<dyn Systemd>, view: Arc<UnitView>) -> Schedules {
+    pub fn new(
+        store: StateStore,
+        systemd: Arc<dyn Systemd>,
+        view: Arc<UnitView>,
+        policy: Policy,
+    ) -> Schedules {
         Schedules {
             store,
             systemd,
             view,
+            policy,
+            wakes: Default::default(),
         }
+    }
+
+    /// When a power-off at `off` (seconds since the epoch) wakes again, per `wake`.
+    fn wake_after(&self, wake: &Wake, off: i64) -> Option<i64> {
+        if !matches!(wake, Wake::Calendar(_)) {
+            return wake.after(off);
+        }
+        let Wake::Calendar(calendar) = wake else {
+            return None;
+        };
+        let key = (calendar.clone(), off);
+        let mut cache = self.wakes.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = cache.get(&key) {
+            return *t;
+        }
+        let t = wake.after(off);
+        if cache.len() >= 64 {
+            cache.clear();
+        }
+        cache.insert(key, t);
+        t
     }
 
     /// The lock every read-modify-write of schedules holds (see [`StateStore::lock`]): with it,
@@ -137,8 +179,11 @@ impl Schedules {
     /// Pending schedules, soonest first: systemd's waiting timers joined with `state`.
     fn join(&self, timers: &[ViewUnit], state: &State) -> Result<Vec<Pending>, ApiError> {
         let mut pending = Vec::new();
+        let now = Local::now().timestamp();
         for t in timers {
-            if t.row.active_state != "active" || t.row.sub_state != "waiting" {
+            // A timer whose unit runs (`running`) has fired: listed while its gate waits.
+            let firing = t.row.sub_state == "running";
+            if t.row.active_state != "active" || !(t.row.sub_state == "waiting" || firing) {
                 continue;
             }
             let Some((calendar, action)) = schedule::parse_unit(&t.row.name) else {
@@ -157,12 +202,37 @@ impl Schedules {
             let Some(next) = next else {
                 continue;
             };
+            let stored = state.schedules.get(&t.row.name).cloned();
+            let waiting = stored
+                .as_ref()
+                .and_then(|s| s.waiting.clone())
+                .filter(|_| firing);
+            if firing && waiting.is_none() {
+                // Deciding, or acting: no longer pending.
+                continue;
+            }
+            let policy = stored.as_ref().map_or(self.policy, |s| {
+                Policy::resolve(s.when_busy, s.max_wait_minutes, self.policy)
+            });
+            // The power-off comes at the next elapse, or, while waiting, at the earliest now.
+            let off = if waiting.is_some() {
+                now
+            } else {
+                (next / 1_000_000) as i64
+            };
+            let wake_at = stored
+                .as_ref()
+                .and_then(|s| s.wake.as_ref())
+                .and_then(|w| self.wake_after(w, off));
             pending.push(Pending {
                 unit: t.row.name.clone(),
                 calendar,
                 action,
                 next_elapse_usec: next,
-                stored: state.schedules.get(&t.row.name).cloned(),
+                stored,
+                policy,
+                waiting,
+                wake_at,
             });
         }
         pending.sort_by_key(|p| p.next_elapse_usec);
@@ -239,7 +309,7 @@ impl Schedules {
             request.action.as_str(),
             created.calendar
         );
-        Ok(Outcome::Scheduled(created))
+        Ok(Outcome::Scheduled(Box::new(created)))
     }
 
     /// Stops a timer and forgets it. Call with the lock held.
@@ -254,6 +324,30 @@ impl Schedules {
             .map_err(internal)?;
         log_info!("cancelled {unit}");
         Ok(())
+    }
+
+    /// After `cancelled` was cancelled: a wake alarm it set that is still ahead is cleared, by
+    /// root (`homelab-power-action@clear-wake-EPOCH.service`, which leaves any other alarm
+    /// alone). `None` when it set none; else whether the clearing ran.
+    fn clear_wake(&self, cancelled: &Pending, now: DateTime<Local>) -> Option<bool> {
+        let at = cancelled.stored.as_ref()?.wake_alarm_set?;
+        if at <= now.timestamp() {
+            return None;
+        }
+        let unit = format!("{}clear-wake-{at}.service", ACTOR_PREFIX);
+        match self
+            .systemd
+            .run_and_wait(Verb::Start, &unit, Some(TIMER_JOB_TIMEOUT))
+        {
+            Ok(()) => Some(true),
+            Err(e) => {
+                log_warn!(
+                    "could not clear the wake alarm {at} that {} set: {e}",
+                    cancelled.unit
+                );
+                Some(false)
+            }
+        }
     }
 
     /// Cancels the schedule with id `which`, or the next one due; returns it.
@@ -285,10 +379,20 @@ impl ShutdownService {
         let request = schedule::parse_request(
             &req.json_object(r#"{"minutes": 5}"#)?,
             self.config.default_minutes,
+            self.config.policy,
             now,
         )?;
         if request.kind() == Kind::Recurring {
-            check_calendar(&request.calendar)?;
+            check_calendar("calendar", &request.calendar)?;
+        }
+        if request.wake.is_some() && !wake::rtc_present() {
+            return Err(ApiError::bad_request(format!(
+                "this machine has no RTC wake alarm ({} is missing), so nothing can wake it after a power-off: send the schedule without \"wake_at\", \"wake_after_minutes\" or \"wake_calendar\"",
+                wake::WAKEALARM
+            )));
+        }
+        if let Some(Wake::Calendar(c)) = &request.wake {
+            check_calendar("wake_calendar", c)?;
         }
         let created = match self.schedules.schedule(&request, now)? {
             Outcome::Scheduled(created) => created,
@@ -307,11 +411,15 @@ impl ShutdownService {
     fn cancel(&self, which: Option<&str>) -> Result<Response, ApiError> {
         let now = Local::now();
         let target = self.schedules.cancel(which)?;
-        Ok(Response::ok(json!({
+        let mut body = json!({
             "status": "success",
             "message": "Shutdown cancelled successfully",
             "cancelled_shutdown": target.entry(now),
-        })))
+        });
+        if let Some(cleared) = self.schedules.clear_wake(&target, now) {
+            body["wake_alarm_cleared"] = json!(cleared);
+        }
+        Ok(Response::ok(body))
     }
 
     fn next(&self) -> Result<Response, ApiError> {
@@ -326,7 +434,7 @@ impl ShutdownService {
     fn status(&self) -> Result<Response, ApiError> {
         let now = Local::now();
         let pending = self.pending()?;
-        // Experiments that a shutdown would stop (they get the coordinator's delay inhibitor).
+        // Experiments that keep the machine busy (the coordinator holds a block inhibitor).
         let running: Vec<String> = self
             .schedules
             .view
@@ -365,6 +473,13 @@ impl ShutdownService {
                 "status": "success",
                 "timestamp": crate::time::rfc3339(&now),
                 "pending_schedules": pending.iter().map(|p| p.entry(now)).collect::<Vec<_>>(),
+                "wake": {
+                    "rtc": wake::rtc_present(),
+                    "alarm": wake::alarm()
+                        .and_then(|t| crate::time::from_usec(t as u64 * 1_000_000))
+                        .map(|t| crate::time::rfc3339(&t)),
+                    "next_wake_at": pending.iter().find(|p| p.action == schedule::Action::Poweroff).and_then(|p| p.entry(now)["wake_at"].as_str().map(str::to_string)),
+                },
                 "service_config": self.config_json(),
             }),
         );
@@ -384,6 +499,8 @@ impl ShutdownService {
     fn config_json(&self) -> Value {
         json!({
             "default_minutes": self.config.default_minutes,
+            "when_busy": self.config.policy.when_busy.as_str(),
+            "max_wait_minutes": self.config.policy.max_wait_minutes,
             "auth_enabled": self.auth.enabled(),
             "config_file": self.config.path,
             "state_file": self.schedules.store.path(),
@@ -396,7 +513,7 @@ impl ShutdownService {
             "endpoints": {
                 "GET /": "this list",
                 "GET /health": "service health",
-                "POST /shutdown/schedule": "schedule a shutdown: {\"minutes\": N} | {\"at\": RFC 3339} | {\"calendar\": \"Mon..Fri 23:00\"}, optional \"action\": \"poweroff\"|\"reboot\", \"replace\": true (token)",
+                "POST /shutdown/schedule": "schedule a shutdown: {\"minutes\": N} | {\"at\": RFC 3339} | {\"calendar\": \"Mon..Fri 23:00\"}, optional \"action\": \"poweroff\"|\"reboot\", \"replace\": true, \"when_busy\": \"proceed\"|\"wait\"|\"skip\", \"max_wait_minutes\": N, one of \"wake_at\": RFC 3339 | \"wake_after_minutes\": N | \"wake_calendar\": \"Mon..Fri 07:00\" (token)",
                 "GET /shutdown/next": "the next shutdown due",
                 "GET /shutdown/status": "whether a shutdown is pending",
                 "POST /shutdown/cancel": "cancel the next shutdown due (token)",
@@ -488,9 +605,9 @@ fn internal(e: anyhow::Error) -> ApiError {
     ApiError::new(500, format!("{e:#}"))
 }
 
-/// Asks systemd's own calendar parser (`systemd-analyze calendar`) whether `expr` is valid and
-/// elapses again; its message is the one the client sees.
-fn check_calendar(expr: &str) -> Result<(), ApiError> {
+/// Asks systemd's own calendar parser (`systemd-analyze calendar`) whether `expr` (the request's
+/// `field`) is valid and elapses again; its message is the one the client sees.
+fn check_calendar(field: &str, expr: &str) -> Result<(), ApiError> {
     let out = std::process::Command::new("systemd-analyze")
         .args(["calendar", "--iterations=1", "--", expr])
         .stdin(std::process::Stdio::null())
@@ -505,7 +622,7 @@ fn check_calendar(expr: &str) -> Result<(), ApiError> {
     if !out.status.success() {
         let why = String::from_utf8_lossy(&out.stderr).trim().to_string();
         return Err(ApiError::bad_request(format!(
-            "\"calendar\" is not a systemd calendar expression ({why}): send e.g. \"Mon..Fri 23:00\" or \"*-*-* 02:30\" (see man systemd.time)"
+            "\"{field}\" is not a systemd calendar expression ({why}): send e.g. \"Mon..Fri 23:00\" or \"*-*-* 02:30\" (see man systemd.time)"
         )));
     }
     if stdout
@@ -513,7 +630,7 @@ fn check_calendar(expr: &str) -> Result<(), ApiError> {
         .any(|l| l.trim_start().starts_with("Next elapse:") && l.contains("never"))
     {
         return Err(ApiError::bad_request(format!(
-            "\"calendar\" {expr:?} never elapses again: send an expression with a future time"
+            "\"{field}\" {expr:?} never elapses again: send an expression with a future time"
         )));
     }
     Ok(())
@@ -560,7 +677,10 @@ pub fn restore(store: &StateStore, bus: &Bus) -> anyhow::Result<()> {
                 {
                     log_warn!("could not stop {key}: {e}");
                 }
-                keep.schedules.insert(unit, stored.clone());
+                // A wait the power-off (or the reboot) ended is over.
+                let mut stored = stored.clone();
+                stored.waiting = None;
+                keep.schedules.insert(unit, stored);
             }
             Err(e) => log_warn!("could not restore {unit}: {e}"),
         }

@@ -5,7 +5,9 @@
 //! one-off time): the action is in the unit's name, so the root-owned unit it triggers needs no
 //! data of ours. systemd is the source of truth for what is pending.
 
-use crate::http::{ApiError, json_type_name};
+use super::busy::{self, Policy, Waiting, WhenBusy};
+use super::wake::{self, Wake};
+use crate::http::{ApiError, shown};
 use crate::systemd::escape;
 use chrono::{DateTime, Local};
 use serde::{Deserialize, Serialize};
@@ -20,7 +22,18 @@ pub const TIMER_PATTERNS: &[&str] = &["homelab-shutdown@*.timer", "homelab-reboo
 /// Longest delay a `minutes` request may ask for (a year).
 pub const MAX_MINUTES: u64 = 525_600;
 const MAX_CALENDAR_LEN: usize = 200;
-const FIELDS: &[&str] = &["minutes", "at", "calendar", "action", "replace"];
+const FIELDS: &[&str] = &[
+    "minutes",
+    "at",
+    "calendar",
+    "action",
+    "replace",
+    "when_busy",
+    "max_wait_minutes",
+    "wake_at",
+    "wake_after_minutes",
+    "wake_calendar",
+];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -72,7 +85,7 @@ impl Kind {
 }
 
 /// A validated `POST /shutdown/schedule`.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Default)]
 pub struct ScheduleRequest {
     /// The calendar expression the timer gets (`@EPOCH` for a one-off).
     pub calendar: String,
@@ -80,6 +93,11 @@ pub struct ScheduleRequest {
     pub replace: bool,
     /// The `minutes` asked for, when the request gave minutes (or none, and got the default).
     pub minutes: Option<u64>,
+    /// The request's own policy when busy (`None`: the configuration's, when it fires).
+    pub when_busy: Option<WhenBusy>,
+    pub max_wait_minutes: Option<u64>,
+    /// When the machine wakes after the power-off.
+    pub wake: Option<Wake>,
 }
 
 impl ScheduleRequest {
@@ -108,15 +126,17 @@ pub fn parse_unit(unit: &str) -> Option<(String, Action)> {
 }
 
 /// Validates a request body. Exactly one of `minutes`, `at`, `calendar` (none: `default_minutes`).
-/// `calendar` is only checked for shape here; systemd's parser has the last word.
+/// `calendar` is only checked for shape here; systemd's parser has the last word. `policy` is
+/// the configuration's default policy when busy.
 pub fn parse_request(
     body: &Map<String, Value>,
     default_minutes: u64,
+    policy: Policy,
     now: DateTime<Local>,
 ) -> Result<ScheduleRequest, ApiError> {
     if let Some(unknown) = body.keys().find(|k| !FIELDS.contains(&k.as_str())) {
         return Err(ApiError::bad_request(format!(
-            "unknown field {unknown:?}: send one of \"minutes\", \"at\" or \"calendar\", optionally \"action\" and \"replace\""
+            "unknown field {unknown:?}: send one of \"minutes\", \"at\" or \"calendar\", optionally \"action\", \"replace\", \"when_busy\", \"max_wait_minutes\" and one of \"wake_at\", \"wake_after_minutes\" or \"wake_calendar\""
         )));
     }
     let given: Vec<&str> = ["minutes", "at", "calendar"]
@@ -153,7 +173,7 @@ pub fn parse_request(
     let (calendar, minutes) = if let Some(v) = body.get("calendar") {
         (parse_calendar(v)?, None)
     } else if let Some(v) = body.get("at") {
-        (format!("@{}", parse_at(v, now)?), None)
+        (format!("@{}", parse_time("at", v, now)?), None)
     } else {
         let minutes = match body.get("minutes") {
             None => default_minutes,
@@ -170,19 +190,18 @@ pub fn parse_request(
             escape::UNIT_NAME_MAX
         )));
     }
+    let (when_busy, max_wait_minutes) = busy::parse_request(body, policy)?;
+    let one_off_at = one_off_usec(&calendar).map(|t| (t / 1_000_000) as i64);
+    let wake = wake::parse_request(body, one_off_at, action == Action::Reboot, now)?;
     Ok(ScheduleRequest {
         calendar,
         action,
         replace,
         minutes,
+        when_busy,
+        max_wait_minutes,
+        wake,
     })
-}
-
-fn shown(v: &Value) -> String {
-    match v {
-        Value::String(s) => format!("{:?}", s.chars().take(40).collect::<String>()),
-        other => json_type_name(other).to_string(),
-    }
 }
 
 fn parse_minutes(v: &Value) -> Result<u64, ApiError> {
@@ -190,70 +209,74 @@ fn parse_minutes(v: &Value) -> Result<u64, ApiError> {
         Some(m) if (1..=MAX_MINUTES).contains(&m) => Ok(m),
         _ => Err(ApiError::bad_request(format!(
             "\"minutes\" is {}: send a whole number of minutes from 1 to {MAX_MINUTES}, e.g. {{\"minutes\": 30}}",
-            match v {
-                Value::Number(n) => n.to_string(),
-                other => shown(other),
-            }
+            shown(v)
         ))),
     }
 }
 
-fn parse_at(v: &Value, now: DateTime<Local>) -> Result<i64, ApiError> {
+/// An RFC 3339 time in the coming year, as whole seconds since the epoch (rounded up: a power
+/// action never comes before the time asked); `field` names it in errors.
+pub fn parse_time(field: &str, v: &Value, now: DateTime<Local>) -> Result<i64, ApiError> {
     let Value::String(s) = v else {
         return Err(ApiError::bad_request(format!(
-            "\"at\" is {}: send an RFC 3339 time such as \"2030-01-31T23:00:00+01:00\"",
+            "\"{field}\" is {}: send an RFC 3339 time such as \"2030-01-31T23:00:00+01:00\"",
             shown(v)
         )));
     };
     let t = DateTime::parse_from_rfc3339(s).map_err(|e| {
         ApiError::bad_request(format!(
-            "\"at\" is not an RFC 3339 time with a time zone ({e}): send e.g. \"2030-01-31T23:00:00+01:00\""
+            "\"{field}\" is not an RFC 3339 time with a time zone ({e}): send e.g. \"2030-01-31T23:00:00+01:00\""
         ))
     })?;
-    // Timers have whole seconds; round up, as a shutdown must never come before the time asked.
+    // Timers have whole seconds.
     let secs = t.timestamp() + i64::from(t.timestamp_subsec_nanos() > 0);
     if secs <= now.timestamp() {
         return Err(ApiError::bad_request(format!(
-            "\"at\" {s} is in the past (now is {}): send a future time",
+            "\"{field}\" {s} is in the past (now is {}): send a future time",
             crate::time::rfc3339(&now)
         )));
     }
     if secs > now.timestamp() + MAX_MINUTES as i64 * 60 {
         return Err(ApiError::bad_request(format!(
-            "\"at\" {s} is more than a year ahead: send a nearer time"
+            "\"{field}\" {s} is more than a year ahead: send a nearer time"
         )));
     }
     Ok(secs)
 }
 
 fn parse_calendar(v: &Value) -> Result<String, ApiError> {
+    parse_calendar_field("calendar", v)
+}
+
+/// A calendar expression's shape (systemd's parser has the last word); `field` names it.
+pub fn parse_calendar_field(field: &str, v: &Value) -> Result<String, ApiError> {
     let Value::String(s) = v else {
         return Err(ApiError::bad_request(format!(
-            "\"calendar\" is {}: send a systemd calendar expression such as \"Mon..Fri 23:00\"",
+            "\"{field}\" is {}: send a systemd calendar expression such as \"Mon..Fri 23:00\"",
             shown(v)
         )));
     };
     let s = s.trim();
     if s.is_empty() || s.len() > MAX_CALENDAR_LEN {
         return Err(ApiError::bad_request(format!(
-            "\"calendar\" must be 1 to {MAX_CALENDAR_LEN} characters: send e.g. \"Mon..Fri 23:00\""
+            "\"{field}\" must be 1 to {MAX_CALENDAR_LEN} characters: send e.g. \"Mon..Fri 23:00\""
         )));
     }
     if s.chars().any(char::is_control) {
-        return Err(ApiError::bad_request(
-            "\"calendar\" contains control characters: send e.g. \"Mon..Fri 23:00\"",
-        ));
+        return Err(ApiError::bad_request(format!(
+            "\"{field}\" contains control characters: send e.g. \"Mon..Fri 23:00\""
+        )));
     }
     if s.starts_with('@') {
-        return Err(ApiError::bad_request(
-            "\"calendar\" must not start with '@': for a one-off time send \"at\" or \"minutes\"",
-        ));
+        return Err(ApiError::bad_request(format!(
+            "\"{field}\" must not start with '@': for a one-off time send \"at\" or \"minutes\""
+        )));
     }
     Ok(s.to_string())
 }
 
 /// What the state file remembers of a schedule beyond what systemd knows.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
 pub struct Stored {
     pub calendar: String,
     #[serde(default)]
@@ -261,10 +284,24 @@ pub struct Stored {
     pub created_at: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub minutes: Option<u64>,
+    /// The schedule's own policy when busy (none: the configuration's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when_busy: Option<WhenBusy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_wait_minutes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wake: Option<Wake>,
+    /// Set while the schedule has fired and waits for the machine to be idle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<Waiting>,
+    /// The RTC alarm the schedule last set (seconds since the epoch): cancelling the schedule
+    /// clears it if it is still armed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wake_alarm_set: Option<i64>,
 }
 
 /// A schedule systemd has pending, joined with what the state file says about it.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Default)]
 pub struct Pending {
     pub unit: String,
     pub calendar: String,
@@ -273,6 +310,12 @@ pub struct Pending {
     /// Microseconds since the epoch.
     pub next_elapse_usec: u64,
     pub stored: Option<Stored>,
+    /// Its policy when busy: the entry's own, or the configuration's.
+    pub policy: Policy,
+    /// The timer has fired and its gate waits (`Stored::waiting`).
+    pub waiting: Option<Waiting>,
+    /// When the machine is expected to wake after this power-off (seconds since the epoch).
+    pub wake_at: Option<i64>,
 }
 
 impl Pending {
@@ -291,6 +334,9 @@ impl Pending {
         let next = crate::time::from_usec(self.next_elapse_usec);
         let seconds_left = next.map_or(0, |t| (t.timestamp() - now.timestamp()).max(0));
         let next_str = next.map(|t| crate::time::rfc3339(&t));
+        let wake = self.stored.as_ref().and_then(|s| s.wake.as_ref());
+        let time =
+            |t: i64| crate::time::from_usec(t as u64 * 1_000_000).map(|t| crate::time::rfc3339(&t));
         json!({
             "id": self.id(),
             "unit": self.unit,
@@ -301,6 +347,18 @@ impl Pending {
             "next_elapse": next_str,
             "minutes_from_now": (seconds_left + 59) / 60,
             "created_at": self.stored.as_ref().map(|s| s.created_at.clone()),
+            "state": if self.waiting.is_some() { "waiting" } else { "pending" },
+            "when_busy": self.policy.when_busy.as_str(),
+            "max_wait_minutes": (self.policy.when_busy == WhenBusy::Wait).then_some(self.policy.max_wait_minutes),
+            "waiting": self.waiting.as_ref().map(|w| json!({
+                "since": time(w.since),
+                "until": time(w.until),
+                "busy": w.busy,
+            })),
+            "wake_at": self.wake_at.and_then(time),
+            "wake_after_minutes": match wake { Some(Wake::AfterMinutes(m)) => Some(*m), _ => None },
+            "wake_calendar": match wake { Some(Wake::Calendar(c)) => Some(c.as_str()), _ => None },
+            "wake_alarm_set": self.stored.as_ref().and_then(|s| s.wake_alarm_set).and_then(time),
         })
     }
 }
@@ -365,6 +423,11 @@ pub fn plan(
             action: request.action,
             created_at: crate::time::rfc3339(&now),
             minutes: request.minutes,
+            when_busy: request.when_busy,
+            max_wait_minutes: request.max_wait_minutes,
+            wake: request.wake.clone(),
+            waiting: None,
+            wake_alarm_set: None,
         },
         replaced,
     })
@@ -403,7 +466,7 @@ mod tests {
             Value::Object(m) => m,
             _ => unreachable!(),
         };
-        parse_request(&map, 1, now())
+        parse_request(&map, 1, Policy::default(), now())
     }
 
     #[test]
@@ -496,7 +559,7 @@ mod tests {
             calendar: calendar.into(),
             action,
             next_elapse_usec: one_off_usec(calendar).unwrap_or(1),
-            stored: None,
+            ..Pending::default()
         }
     }
 
@@ -533,7 +596,7 @@ mod tests {
             calendar: "@1795000600".into(),
             action: Action::Reboot,
             replace: true,
-            minutes: None,
+            ..ScheduleRequest::default()
         };
         let e = plan(&again, &all, now()).unwrap_err();
         assert_eq!(e, Conflict::Same(Box::new(soon.clone())));
@@ -572,7 +635,9 @@ mod tests {
                 action: Action::Reboot,
                 created_at: "x".into(),
                 minutes: Some(30),
+                ..Stored::default()
             }),
+            ..Pending::default()
         };
         let e = p.entry(now());
         assert_eq!(e["minutes_from_now"], 30);

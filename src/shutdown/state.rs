@@ -146,7 +146,7 @@ mod tests {
             calendar: cal.into(),
             action: Action::Reboot,
             created_at: "t".into(),
-            minutes: None,
+            ..Stored::default()
         }
     }
 

@@ -141,6 +141,30 @@ trait LoginManager {
         why: &str,
         mode: &str,
     ) -> zbus::Result<zbus::zvariant::OwnedFd>;
+    fn list_inhibitors(&self) -> zbus::Result<Vec<Inhibitor>>;
+}
+
+/// One of logind's inhibitor locks, as `ListInhibitors` gives it (and `systemd-inhibit --list`
+/// shows it).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, Deserialize, Type)]
+#[zvariant(crate = "zbus::zvariant")]
+pub struct Inhibitor {
+    /// Colon-separated: `shutdown:sleep:idle`...
+    pub what: String,
+    pub who: String,
+    pub why: String,
+    /// `block`, `delay` (or, from systemd 257, `block-weak`).
+    pub mode: String,
+    pub uid: u32,
+    pub pid: u32,
+}
+
+impl Inhibitor {
+    /// Whether it keeps the machine busy: it blocks shutdown outright (a `delay` lock only
+    /// postpones it by seconds).
+    pub fn blocks_shutdown(&self) -> bool {
+        self.mode == "block" && self.what.split(':').any(|w| w == "shutdown")
+    }
 }
 
 /// Why a call to systemd failed, in the terms an API client can act on.
@@ -695,21 +719,30 @@ impl Bus {
             .filter_map(|msg| msg.header().path().map(|p| p.to_owned().into())))
     }
 
-    /// A logind delay inhibitor for shutdown, held as long as the descriptor is open.
-    pub fn inhibit_shutdown_delay(
+    /// A logind `block` inhibitor for shutdown, held as long as the descriptor is open: the
+    /// machine counts as busy for power schedules, and logind refuses unprivileged power-offs.
+    pub fn inhibit_shutdown_block(
         &self,
         who: &str,
         why: &str,
     ) -> Result<zbus::zvariant::OwnedFd, SystemdError> {
-        Ok(self.login()?.inhibit("shutdown", who, why, "delay")?)
+        Ok(self.login()?.inhibit("shutdown", who, why, "block")?)
     }
 
-    /// Powers off through logind (delay inhibitors hold).
+    /// The inhibitors that block shutdown now (see [`Inhibitor::blocks_shutdown`]).
+    pub fn shutdown_blockers(&self) -> Result<Vec<Inhibitor>, SystemdError> {
+        let mut all = self.login()?.list_inhibitors()?;
+        all.retain(Inhibitor::blocks_shutdown);
+        Ok(all)
+    }
+
+    /// Powers off through logind. As root: block inhibitors do not stop it, delay ones hold
+    /// it for their few seconds.
     pub fn power_off(&self) -> Result<(), SystemdError> {
         Ok(self.login()?.power_off(false)?)
     }
 
-    /// Reboots through logind (delay inhibitors hold).
+    /// Reboots through logind (as [`Bus::power_off`]).
     pub fn reboot(&self) -> Result<(), SystemdError> {
         Ok(self.login()?.reboot(false)?)
     }

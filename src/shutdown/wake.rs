@@ -1,0 +1,292 @@
+//! Waking the machine after a scheduled power-off: a schedule's wake time (`wake_at`,
+//! `wake_after_minutes`, `wake_calendar`), and the RTC alarm that carries it through the
+//! power-off (`/sys/class/rtc/rtc0/wakealarm`, which `rtcwake -m no` sets too). Only root
+//! writes the alarm (`homelab-power-action`); abc's processes read it.
+
+use crate::http::{ApiError, shown};
+use chrono::{DateTime, Local};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::path::Path;
+
+/// The RTC alarm: seconds since the epoch when armed, empty when not.
+pub const WAKEALARM: &str = "/sys/class/rtc/rtc0/wakealarm";
+/// The request fields that carry a wake time; at most one is given.
+pub const FIELDS: &[&str] = &["wake_at", "wake_after_minutes", "wake_calendar"];
+
+/// When a powered-off machine wakes again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Wake {
+    /// At this time (seconds since the epoch); one-off schedules.
+    At(i64),
+    /// This many minutes after the power-off.
+    AfterMinutes(u64),
+    /// At the next elapse of this calendar expression after the power-off; recurring schedules.
+    Calendar(String),
+}
+
+impl Wake {
+    /// The wake time of a power-off at `off` (seconds since the epoch): `None` when it has no
+    /// future one (a `wake_at` that passed while the schedule waited, a calendar that never
+    /// elapses again). A calendar is asked of systemd's own parser.
+    pub fn after(&self, off: i64) -> Option<i64> {
+        let t = match self {
+            Wake::At(t) => *t,
+            Wake::AfterMinutes(m) => off.checked_add(i64::try_from(*m).ok()?.checked_mul(60)?)?,
+            Wake::Calendar(c) => next_elapse(c, off)?,
+        };
+        (t > off).then_some(t)
+    }
+}
+
+/// The wake field of a request body, if any, checked against the schedule it comes with:
+/// `one_off_at` is the power-off time of a one-off schedule (`None`: recurring), `reboot`
+/// whether it reboots (a reboot comes back by itself).
+pub fn parse_request(
+    body: &Map<String, Value>,
+    one_off_at: Option<i64>,
+    reboot: bool,
+    now: DateTime<Local>,
+) -> Result<Option<Wake>, ApiError> {
+    let given: Vec<&str> = FIELDS
+        .iter()
+        .copied()
+        .filter(|k| body.contains_key(*k))
+        .collect();
+    let Some(field) = given.first() else {
+        return Ok(None);
+    };
+    if given.len() > 1 {
+        return Err(ApiError::bad_request(format!(
+            "{} were both given: send at most one of \"wake_at\", \"wake_after_minutes\" or \"wake_calendar\"",
+            given.join(" and ")
+        )));
+    }
+    if reboot {
+        return Err(ApiError::bad_request(format!(
+            "\"{field}\" is for power-offs: a reboot comes back by itself; leave it out, or send \"action\": \"poweroff\""
+        )));
+    }
+    let v = &body[*field];
+    let wake = match *field {
+        "wake_at" => {
+            let Some(off) = one_off_at else {
+                return Err(ApiError::bad_request(
+                    "\"wake_at\" is for one-off schedules: with \"calendar\" send \"wake_calendar\" (e.g. \"Mon..Fri 07:00\") or \"wake_after_minutes\"",
+                ));
+            };
+            let t = super::schedule::parse_time("wake_at", v, now)?;
+            if t <= off {
+                return Err(ApiError::bad_request(format!(
+                    "\"wake_at\" must come after the power-off ({}): send a later time",
+                    crate::time::from_usec(off as u64 * 1_000_000)
+                        .map(|t| crate::time::rfc3339(&t))
+                        .unwrap_or_default()
+                )));
+            }
+            Wake::At(t)
+        }
+        "wake_after_minutes" => Wake::AfterMinutes(
+            v.as_u64()
+                .filter(|m| (1..=super::schedule::MAX_MINUTES).contains(m))
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "\"wake_after_minutes\" is {}: send a whole number of minutes from 1 to {}, e.g. {{\"wake_after_minutes\": 480}}",
+                        shown(v),
+                        super::schedule::MAX_MINUTES
+                    ))
+                })?,
+        ),
+        _ => {
+            if one_off_at.is_some() {
+                return Err(ApiError::bad_request(
+                    "\"wake_calendar\" is for recurring schedules (\"calendar\"): for a one-off send \"wake_at\" or \"wake_after_minutes\"",
+                ));
+            }
+            Wake::Calendar(super::schedule::parse_calendar_field("wake_calendar", v)?)
+        }
+    };
+    Ok(Some(wake))
+}
+
+/// Whether this machine has an RTC whose alarm can wake it.
+pub fn rtc_present() -> bool {
+    Path::new(WAKEALARM).exists()
+}
+
+/// The RTC alarm now (seconds since the epoch), `None` when none is armed or there is no RTC.
+pub fn alarm() -> Option<i64> {
+    parse_alarm(&std::fs::read_to_string(WAKEALARM).ok()?)
+}
+
+fn parse_alarm(text: &str) -> Option<i64> {
+    text.trim().parse().ok().filter(|t| *t > 0)
+}
+
+/// Arms the RTC alarm at `at` (root): as `rtcwake -m no`, it clears the alarm first (the kernel
+/// refuses a new one while one is armed), writes the time, and reads it back.
+pub fn arm(at: i64) -> std::io::Result<()> {
+    std::fs::write(WAKEALARM, "0")?;
+    std::fs::write(WAKEALARM, at.to_string())?;
+    match alarm() {
+        Some(t) if t == at => Ok(()),
+        other => Err(std::io::Error::other(format!(
+            "the alarm reads back as {other:?}, not {at}"
+        ))),
+    }
+}
+
+/// Clears the RTC alarm if it is `at` (root): an alarm someone else set stays. Returns what the
+/// alarm held.
+pub fn clear_if(at: i64) -> std::io::Result<Option<i64>> {
+    let held = alarm();
+    if held == Some(at) {
+        std::fs::write(WAKEALARM, "0")?;
+    }
+    Ok(held)
+}
+
+/// The next elapse of a calendar expression after `base` (seconds since the epoch), from
+/// `systemd-analyze calendar --base-time`: systemd's parser, in the machine's time zone.
+pub fn next_elapse(calendar: &str, base: i64) -> Option<i64> {
+    let out = std::process::Command::new("systemd-analyze")
+        .args([
+            "calendar",
+            "--iterations=1",
+            &format!("--base-time=@{base}"),
+            "--",
+            calendar,
+        ])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    parse_next_elapse(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// The UTC time of `systemd-analyze calendar`'s answer: its "(in UTC)" line, or its "Next
+/// elapse" line when the machine's zone is UTC.
+fn parse_next_elapse(out: &str) -> Option<i64> {
+    let line = out
+        .lines()
+        .map(str::trim)
+        .find_map(|l| l.strip_prefix("(in UTC):"))
+        .or_else(|| {
+            out.lines()
+                .map(str::trim)
+                .find_map(|l| l.strip_prefix("Next elapse:"))
+                .filter(|l| l.trim_end().ends_with(" UTC"))
+        })?;
+    let t = chrono::NaiveDateTime::parse_from_str(line.trim(), "%a %Y-%m-%d %H:%M:%S UTC").ok()?;
+    Some(t.and_utc().timestamp())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+    use serde_json::json;
+
+    fn now() -> DateTime<Local> {
+        Local.timestamp_opt(1_795_000_000, 0).unwrap()
+    }
+
+    fn parse(v: Value, one_off_at: Option<i64>, reboot: bool) -> Result<Option<Wake>, ApiError> {
+        parse_request(v.as_object().unwrap(), one_off_at, reboot, now())
+    }
+
+    #[test]
+    fn wake_fields_parse_for_their_kind_of_schedule() {
+        let off = Some(1_795_003_600);
+        assert_eq!(parse(json!({}), off, false).unwrap(), None);
+        assert_eq!(
+            parse(json!({"wake_after_minutes": 480}), None, false).unwrap(),
+            Some(Wake::AfterMinutes(480))
+        );
+        let at = Local.timestamp_opt(1_795_030_000, 0).unwrap().to_rfc3339();
+        assert_eq!(
+            parse(json!({ "wake_at": at }), off, false).unwrap(),
+            Some(Wake::At(1_795_030_000))
+        );
+        assert_eq!(
+            parse(json!({"wake_calendar": " Mon..Fri 07:00 "}), None, false).unwrap(),
+            Some(Wake::Calendar("Mon..Fri 07:00".into()))
+        );
+    }
+
+    #[test]
+    fn bad_wake_fields_say_what_to_send() {
+        let off = Some(1_795_003_600);
+        let before = Local.timestamp_opt(1_795_003_000, 0).unwrap().to_rfc3339();
+        for (bad, one_off, reboot, says) in [
+            (
+                json!({"wake_after_minutes": 5}),
+                off,
+                true,
+                "a reboot comes back",
+            ),
+            (
+                json!({"wake_after_minutes": 5, "wake_at": "x"}),
+                off,
+                false,
+                "at most one",
+            ),
+            (json!({"wake_after_minutes": 0}), off, false, "from 1 to"),
+            (json!({"wake_after_minutes": "5"}), off, false, "from 1 to"),
+            (
+                json!({"wake_at": before}),
+                off,
+                false,
+                "after the power-off",
+            ),
+            (json!({"wake_at": "tomorrow"}), off, false, "RFC 3339"),
+            (json!({"wake_at": 5}), off, false, "RFC 3339"),
+            (
+                json!({"wake_at": "2030-01-01T07:00:00Z"}),
+                None,
+                false,
+                "for one-off schedules",
+            ),
+            (
+                json!({"wake_calendar": "07:00"}),
+                off,
+                false,
+                "for recurring schedules",
+            ),
+            (json!({"wake_calendar": ""}), None, false, "1 to 200"),
+            (json!({"wake_calendar": ["x"]}), None, false, "an array"),
+        ] {
+            let e = parse(bad.clone(), one_off, reboot).unwrap_err();
+            assert_eq!(e.status, 400, "{bad}");
+            assert!(e.message.contains(says), "{bad}: {}", e.message);
+        }
+    }
+
+    #[test]
+    fn wake_times_follow_the_power_off() {
+        assert_eq!(Wake::AfterMinutes(60).after(1000), Some(4600));
+        assert_eq!(Wake::At(5000).after(1000), Some(5000));
+        // A wake_at that passed while the schedule waited: no alarm.
+        assert_eq!(Wake::At(5000).after(6000), None);
+        assert_eq!(Wake::AfterMinutes(u64::MAX).after(1000), None);
+    }
+
+    #[test]
+    fn systemd_analyze_answers_parse() {
+        let utc = "  Original form: 07:00\nNormalized form: *-*-* 07:00:00\n    Next elapse: Wed 2023-11-15 07:00:00 UTC\n       From now: 3 years ago\n";
+        assert_eq!(parse_next_elapse(utc), Some(1_700_031_600));
+        let zoned = "    Next elapse: Wed 2023-11-15 07:00:00 CET\n       (in UTC): Wed 2023-11-15 06:00:00 UTC\n";
+        assert_eq!(parse_next_elapse(zoned), Some(1_700_028_000));
+        assert_eq!(
+            parse_next_elapse("    Next elapse: Wed 2023-11-15 07:00:00 CET\n"),
+            None
+        );
+        assert_eq!(parse_next_elapse("    Next elapse: never\n"), None);
+        assert_eq!(parse_alarm("1700000000\n"), Some(1_700_000_000));
+        assert_eq!(parse_alarm("\n"), None);
+    }
+}
