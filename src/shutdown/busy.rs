@@ -40,7 +40,7 @@ impl WhenBusy {
             Some("wait") => Ok(WhenBusy::Wait),
             Some("skip") => Ok(WhenBusy::Skip),
             _ => Err(format!(
-                "\"when_busy\" is {}: use \"proceed\", \"wait\" or \"skip\"",
+                "\"when_busy\" is {}: send \"proceed\", \"wait\" or \"skip\"",
                 crate::http::shown(v)
             )),
         }
@@ -229,7 +229,7 @@ mod tests {
         for (bad, says) in [
             (
                 json!({"when_busy": "later"}),
-                "use \"proceed\", \"wait\" or \"skip\"",
+                "send \"proceed\", \"wait\" or \"skip\"",
             ),
             (json!({"when_busy": 1}), "is 1"),
             (json!({"max_wait_minutes": 0}), "from 1 to 1440"),

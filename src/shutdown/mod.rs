@@ -962,4 +962,167 @@ mod tests {
         );
         let _ = std::fs::remove_dir_all(&dir);
     }
+
+    #[test]
+    fn old_clients_get_their_fields_and_new_ones_with_the_default_policy() {
+        let fake = Arc::new(FakeSystemd::new());
+        let (svc, dir) = service(&fake, "oldclient");
+        let r = svc.handle(&with_token(
+            Method::Post,
+            "/shutdown/schedule",
+            r#"{"minutes": 5}"#,
+        ));
+        assert_eq!(r.status, 200, "{}", r.body);
+        for old in [
+            "status",
+            "message",
+            "shutdown",
+            "scheduled_time",
+            "minutes_from_now",
+            "created_at",
+            "unit",
+            "id",
+            "kind",
+            "calendar",
+            "action",
+        ] {
+            assert!(r.body.get(old).is_some(), "{old} missing: {}", r.body);
+        }
+        assert_eq!(r.body["minutes_from_now"], 5);
+        assert_eq!(r.body["state"], "pending");
+        assert_eq!(r.body["when_busy"], "wait");
+        assert_eq!(r.body["max_wait_minutes"], 360);
+        assert_eq!(r.body["wake_at"], Value::Null);
+        // Nothing of the policy is stored for a request that gave none: the configuration's
+        // applies when it fires.
+        let state = state_file(&dir).unwrap();
+        assert!(!state.contains("when_busy"), "{state}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn bad_policy_and_wake_fields_are_400_and_ask_systemd_nothing() {
+        let fake = Arc::new(FakeSystemd::new());
+        let (svc, dir) = service(&fake, "badpolicy");
+        for body in [
+            r#"{"minutes": 5, "when_busy": "later"}"#,
+            r#"{"minutes": 5, "when_busy": null}"#,
+            r#"{"minutes": 5, "max_wait_minutes": 0}"#,
+            r#"{"minutes": 5, "when_busy": "proceed", "max_wait_minutes": 5}"#,
+            r#"{"minutes": 5, "wake_after_minutes": -1}"#,
+            r#"{"minutes": 5, "wake_at": "2000-01-01T00:00:00Z"}"#,
+            r#"{"minutes": 5, "wake_calendar": "07:00"}"#,
+            r#"{"calendar": "23:00", "wake_at": "2099-01-01T00:00:00Z"}"#,
+            r#"{"minutes": 5, "action": "reboot", "wake_after_minutes": 60}"#,
+            r#"{"minutes": 5, "wake_after_minutes": 60, "wake_at": "x"}"#,
+            r#"{"minutes": 5, "wake": 60}"#,
+        ] {
+            let r = svc.handle(&with_token(Method::Post, "/shutdown/schedule", body));
+            assert_eq!(r.status, 400, "{body}: {}", r.body);
+            assert_eq!(r.body["status"], "error");
+            assert!(
+                r.body["message"].as_str().unwrap().contains("send"),
+                "{body}: {}",
+                r.body
+            );
+        }
+        assert!(
+            fake.calls().is_empty(),
+            "systemd was asked {:?}",
+            fake.calls()
+        );
+        assert!(state_file(&dir).is_none(), "nothing was written");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The state entry of the only schedule, changed by `change`, as the gate would.
+    fn change_entry(dir: &std::path::Path, change: impl FnOnce(&mut schedule::Stored)) {
+        let store = StateStore::new(Some(dir));
+        store
+            .update(|s| change(s.schedules.values_mut().next().unwrap()))
+            .unwrap();
+    }
+
+    #[test]
+    fn a_waiting_schedule_is_listed_with_who_holds_the_machine_busy() {
+        let fake = Arc::new(FakeSystemd::new());
+        let (svc, dir) = service(&fake, "waiting");
+        let r = svc.handle(&with_token(
+            Method::Post,
+            "/shutdown/schedule",
+            r#"{"minutes": 5, "when_busy": "wait", "max_wait_minutes": 30}"#,
+        ));
+        let unit = r.body["unit"].as_str().unwrap().to_string();
+        // It fired, and its gate records what it waits for.
+        fake.add(&unit, "active", "running");
+        let busy = crate::systemd::dbus::Inhibitor {
+            what: "shutdown".into(),
+            who: "backup".into(),
+            why: "nightly".into(),
+            mode: "block".into(),
+            uid: 0,
+            pid: 42,
+        };
+        change_entry(&dir, |e| {
+            e.waiting = Some(busy::Waiting {
+                since: 1_795_000_000,
+                until: 1_795_001_800,
+                busy: vec![busy],
+            })
+        });
+        let list = get(&svc, "/shutdown/schedules");
+        let entry = &list.body["schedules"][0];
+        assert_eq!(entry["state"], "waiting", "{}", list.body);
+        assert_eq!(entry["waiting"]["busy"][0]["who"], "backup");
+        assert_eq!(entry["max_wait_minutes"], 30);
+        // Cancelling it stops the timer (and so, in systemd, its waiting gate).
+        let r = svc.handle(&with_token(Method::Post, "/shutdown/cancel", ""));
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.body["cancelled_shutdown"]["state"], "waiting");
+        assert!(fake.calls().contains(&format!("stop {unit}")));
+        // A firing timer without a recorded wait is deciding or acting: not listed.
+        let r = svc.handle(&with_token(
+            Method::Post,
+            "/shutdown/schedule",
+            r#"{"minutes": 7}"#,
+        ));
+        fake.add(r.body["unit"].as_str().unwrap(), "active", "running");
+        assert_eq!(get(&svc, "/shutdown/schedules").body["count"], 0);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn cancelling_clears_a_wake_alarm_the_schedule_set_and_only_one_ahead() {
+        let fake = Arc::new(FakeSystemd::new());
+        let (svc, dir) = service(&fake, "clearwake");
+        let ahead = Local::now().timestamp() + 3600;
+        for (alarm, cleared) in [(Some(ahead), true), (Some(1_000), false), (None, false)] {
+            let r = svc.handle(&with_token(
+                Method::Post,
+                "/shutdown/schedule",
+                r#"{"calendar": "Mon 04:00"}"#,
+            ));
+            assert_eq!(r.status, 200, "{}", r.body);
+            change_entry(&dir, |e| e.wake_alarm_set = alarm);
+            let r = svc.handle(&with_token(Method::Post, "/shutdown/cancel", ""));
+            assert_eq!(r.status, 200, "{}", r.body);
+            let clear = format!(
+                "start {ACTOR_PREFIX}clear-wake-{}.service",
+                alarm.unwrap_or(0)
+            );
+            assert_eq!(
+                fake.calls().contains(&clear),
+                cleared,
+                "{alarm:?}: {:?}",
+                fake.calls()
+            );
+            assert_eq!(
+                r.body.get("wake_alarm_cleared").is_some(),
+                cleared,
+                "{}",
+                r.body
+            );
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
