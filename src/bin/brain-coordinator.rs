@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// Admits experiments within MAX_CONCURRENT_EXPERIMENTS and TOTAL_RAM_LIMIT_GB, throttles and
-/// pauses them when hot, and holds a shutdown delay inhibitor while they run.
+/// pauses them when hot, and holds a shutdown block inhibitor naming them while they run.
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {

@@ -2,7 +2,8 @@
 //!
 //! `POST /shutdown/schedule` starts `homelab-shutdown@<calendar>.timer` (power off) or
 //! `homelab-reboot@<calendar>.timer` (polkit lets user `abc` start and stop exactly those); the
-//! timer triggers the root-owned `homelab-poweroff@.service` or `homelab-reboot@.service`.
+//! timer triggers its gate (`homelab-shutdown@.service`, `homelab-reboot@.service`; `fire.rs`),
+//! which applies the schedule's policy when busy and has root act (`homelab-power-action@`).
 //! What is pending is what systemd has, joined with the state file. Read-only requests write
 //! nothing; mutating ones (and the boot-time restore) drop entries whose timer is gone.
 

@@ -13,9 +13,9 @@ use chrono::{DateTime, Local};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-/// Power-off schedules (it triggers `homelab-poweroff@.service`).
+/// Power-off schedules (it triggers its gate, `homelab-shutdown@.service`).
 pub const TIMER_TEMPLATE: &str = "homelab-shutdown@.timer";
-/// Reboot schedules (it triggers `homelab-reboot@.service`).
+/// Reboot schedules (it triggers its gate, `homelab-reboot@.service`).
 pub const REBOOT_TIMER_TEMPLATE: &str = "homelab-reboot@.timer";
 /// Every schedule's timer, for one `ListUnitsByPatterns` call.
 pub const TIMER_PATTERNS: &[&str] = &["homelab-shutdown@*.timer", "homelab-reboot@*.timer"];
