@@ -64,6 +64,15 @@ pub fn page(pending: &[Pending], last: Option<(Action, i64)>) -> String {
         );
     }
     let mut f = w.family(
+        "shutdown_schedules_waiting",
+        "Schedules that fired and wait for the machine to be idle (a logind block inhibitor is held).",
+        metrics::Kind::Gauge,
+    );
+    f.sample(
+        &[],
+        pending.iter().filter(|p| p.waiting.is_some()).count() as f64,
+    );
+    let mut f = w.family(
         "shutdown_last_power_action_timestamp_seconds",
         "When a schedule last powered the machine off or rebooted it, seconds since the epoch, by action.",
         metrics::Kind::Gauge,
@@ -108,6 +117,10 @@ mod tests {
             page.contains("homelab_shutdown_schedules{kind=\"one-off\",action=\"poweroff\"} 0\n")
         );
         assert!(page.contains("action=\"reboot\",calendar=\"Mon..Fri 23:00\"} 1800000000\n"));
+        assert!(
+            page.contains("homelab_shutdown_schedules_waiting 0\n"),
+            "{page}"
+        );
         assert!(page.contains(
             "homelab_shutdown_last_power_action_timestamp_seconds{action=\"poweroff\"} 42\n"
         ));
