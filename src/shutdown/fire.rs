@@ -102,9 +102,11 @@ pub fn run(gate_unit: &str, bus: &Bus) -> anyhow::Result<()> {
             },
         },
     };
-    let wake_set = instance
+    let wake_set: Option<i64> = instance
         .strip_prefix("poweroff-wake-")
         .and_then(|t| t.parse().ok());
+    // Recorded before the action: once it succeeds the machine goes down, this unit with it.
+    let before = stored.as_ref().and_then(|s| s.wake_alarm_set);
     record(&store, &timer, |s| {
         s.waiting = None;
         if wake_set.is_some() {
@@ -113,8 +115,12 @@ pub fn run(gate_unit: &str, bus: &Bus) -> anyhow::Result<()> {
     });
     let actor = format!("{}{instance}.service", super::ACTOR_PREFIX);
     log_info!("{what}: starting {actor}");
-    bus.run_and_wait(Verb::Start, &actor, Some(ACTOR_TIMEOUT))
-        .with_context(|| format!("cannot start {actor}"))
+    let result = bus.run_and_wait(Verb::Start, &actor, Some(ACTOR_TIMEOUT));
+    if result.is_err() && wake_set.is_some() {
+        // The alarm was not set (the RTC refused it, say): the entry must not claim it was.
+        record(&store, &timer, |s| s.wake_alarm_set = before);
+    }
+    result.with_context(|| format!("{what} did not happen: {actor} failed (its journal says why)"))
 }
 
 /// The wake time of a power-off now, or `None` (with a log line saying why) when there is none.

@@ -1,6 +1,7 @@
 //! End-to-end suite: every case runs against a booted systemd (Debian's, in systemd-nspawn), from
 //! outside, as a user would. `cargo test --release --test e2e [FILTER...]`, as root.
 
+mod busy;
 mod coordinator;
 mod experiments;
 mod harness;
@@ -20,6 +21,7 @@ fn main() -> std::process::ExitCode {
         shutdown::GROUP,
         shutdown::POWER_GROUP,
         shutdown::REBOOT_GROUP,
+        busy::GROUP,
         package::GROUP,
     ])
 }

@@ -93,14 +93,14 @@ pub const REBOOT_GROUP: Group = Group {
     ],
 };
 
-const STATE_FILE: &str = "/var/lib/shutdown-service/schedules.json";
+pub(crate) const STATE_FILE: &str = "/var/lib/shutdown-service/schedules.json";
 
-fn token(s: &Sandbox) -> Result<String> {
+pub(crate) fn token(s: &Sandbox) -> Result<String> {
     Ok(s.ok("cat /etc/homelab/api-token")?.trim().to_string())
 }
 
 /// POST/DELETE with the right token and a JSON body.
-fn send(s: &Sandbox, method: &str, path: &str, body: &str) -> Result<Reply> {
+pub(crate) fn send(s: &Sandbox, method: &str, path: &str, body: &str) -> Result<Reply> {
     let auth = format!("Authorization: Bearer {}", token(s)?);
     s.curl(
         method,
@@ -117,7 +117,7 @@ fn send(s: &Sandbox, method: &str, path: &str, body: &str) -> Result<Reply> {
 }
 
 /// The pending timers as `systemctl list-timers` shows them (the README's command).
-fn listed_timers(s: &Sandbox) -> Result<Vec<String>> {
+pub(crate) fn listed_timers(s: &Sandbox) -> Result<Vec<String>> {
     let out =
         s.ok("systemctl list-timers --no-legend --plain 'homelab-shutdown@*' 'homelab-reboot@*'")?;
     let mut timers: Vec<String> = out
@@ -132,7 +132,7 @@ fn listed_timers(s: &Sandbox) -> Result<Vec<String>> {
     Ok(timers)
 }
 
-fn state_snapshot(s: &Sandbox) -> Result<String> {
+pub(crate) fn state_snapshot(s: &Sandbox) -> Result<String> {
     s.ok(&format!("cat {STATE_FILE} 2>/dev/null || echo missing"))
 }
 
@@ -157,13 +157,13 @@ fn schedule_recurring_reboot(s: &Sandbox, calendar: &str) -> Result<String> {
         .to_string())
 }
 
-fn clear_schedules(s: &Sandbox) -> Result<()> {
+pub(crate) fn clear_schedules(s: &Sandbox) -> Result<()> {
     s.ok("systemctl stop 'homelab-shutdown@*.timer' 'homelab-reboot@*.timer'")?;
     ensure!(listed_timers(s)?.is_empty(), "timers left after clearing");
     Ok(())
 }
 
-fn epoch_now() -> i64 {
+pub(crate) fn epoch_now() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
@@ -749,6 +749,12 @@ fn polkit_grants_abc_exactly_the_shutdown_timers(s: &Sandbox) -> Result<()> {
         "reboot.target",
         "homelab-poweroff@x.service",
         "homelab-reboot@x.service",
+        "homelab-shutdown@x.service",
+        "homelab-power-action@evil.service",
+        "homelab-power-action@poweroff-wake-12x.service",
+        "homelab-power-action@poweroff-wake-1234567890123.service",
+        "homelab-power-action@clear-wake-.service",
+        "homelab-power-action@halt.service",
         "homelab-shutdown.timer",
         "homelab-reboot.timer",
         "sshd.service",
@@ -762,6 +768,30 @@ fn polkit_grants_abc_exactly_the_shutdown_timers(s: &Sandbox) -> Result<()> {
         s.as_user("abc", &format!("systemctl restart '{timer}'"))?,
         "abc restarting a timer",
     )?;
+    // The root-owned action: abc may start exactly its instances (a clearing that finds no
+    // alarm of that value changes nothing, so it is safe to run here), never stop them.
+    let clear = "homelab-power-action@clear-wake-1.service";
+    let out = s.as_user("abc", &format!("systemctl start {clear}"))?;
+    ensure!(
+        out.status.success(),
+        "abc could not start {clear}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log = s.ok(&format!("journalctl -u {clear} --no-pager -o cat"))?;
+    ensure!(log.contains("nothing to clear"), "{clear} said: {log}");
+    denied(
+        s.as_user("abc", &format!("systemctl stop {clear}"))?,
+        "abc stopping the action",
+    )?;
+    for user in ["tester", "homelab-model"] {
+        denied(
+            s.as_user(
+                user,
+                "systemctl start homelab-power-action@poweroff.service",
+            )?,
+            &format!("{user} starting the power-off action"),
+        )?;
+    }
     denied(
         s.as_user("abc", "systemctl stop shutdown-service.socket")?,
         "abc stopping a socket",
@@ -1089,8 +1119,7 @@ fn recurring_survive_reboot_passed_one_offs_do_not_fire(s: &Sandbox) -> Result<(
 
 /// Whether the container's last boot ended in a reboot by our unit: the previous boot's journal.
 fn previous_boot_rebooted(s: &Sandbox) -> Result<bool> {
-    let log =
-        s.ok("journalctl -b -1 --no-pager -o cat -u 'homelab-reboot@*' -u 'homelab-poweroff@*'")?;
+    let log = s.ok("journalctl -b -1 --no-pager -o cat -u 'homelab-power-action@*'")?;
     Ok(log.contains("fired: rebooting now") && !log.contains("fired: powering off now"))
 }
 
