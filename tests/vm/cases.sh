@@ -1,14 +1,33 @@
 #!/usr/bin/env bash
 # The VM tier's cases, run inside the VM (homelab-vm-cases.service, after multi-user.target), on
 # cgroup v2: each drives the product with the commands the README gives and measures the kernel's
-# own accounting (memory.events, memory.current, memory.peak, cpu.stat, cpu.max, cgroup.freeze).
+# own accounting (memory.events, memory.current, memory.peak, cpu.stat, cpu.max, cgroup.freeze);
+# the wake cases read the RTC's own alarm (/sys/class/rtc/rtc0/wakealarm, qemu's CMOS RTC).
+#
+# The wake cases span three boots of the same disk (tests/vm/vm.sh boots it again and passes
+# homelab_vm.phase=N, and what the RTC alarm held at the last power-off, on the kernel command
+# line): boot 1 runs the other cases, then schedules a daily power-off with a wake time over HTTP
+# and lets it fire; boot 2 checks the alarm that power-off armed against what the product
+# recorded, writes it back (what the firmware keeps on a real machine, and qemu does not) and
+# deletes the schedule, then has a second one fire; boot 3 sets another alarm and deletes that
+# second schedule. Naming any wake case runs all three.
 #
 # Report, on the second serial port (a file on the host; tests/vm/vm.sh reads it):
-#   cases NAME...        the cases about to run
+#   cases NAME...        the cases about to run (boot 1)
 #   ok NAME              passed; `  NAME: ...` lines before it are what it measured
 #   FAILED NAME          failed; `| ...` lines after it: the case's own output, then the journal
-#   summary P F          the end; the VM powers off after it
+#   wakealarm=E now=T    the RTC alarm and the time when homelab-vm-wakealarm.service stopped, during
+#                        a power-off a wake case scheduled (`--print-wakealarm`, its ExecStop)
+#   summary P F          the end (of the last boot); the VM powers off after it
 set -uo pipefail
+
+WAKEALARM=/sys/class/rtc/rtc0/wakealarm
+# ExecStop of homelab-vm-wakealarm.service: by then the power-off has begun, after the power
+# action armed the alarm.
+if [ "${1:-}" = --print-wakealarm ]; then
+    printf 'wakealarm=%s now=%s\n' "$(cat "$WAKEALARM")" "$(date +%s)" >/dev/ttyS1
+    exit 0
+fi
 
 LIB=/usr/local/lib/homelab-vm
 DIR=/etc/brain-in-jar/experiments
@@ -84,7 +103,7 @@ reset() {
 
 # Past its EXPERIMENT_RAM_LIMIT the kernel kills it; systemd restarts it; brainctl shows both.
 oom_kill_and_restart() {
-    local u=brain-experiment@oom.service slice_cg ev0 ev1 seen_systemd= seen_brainctl=
+    local u=brain-experiment@oom.service slice_cg ev0 ev1 seen_systemd='' seen_brainctl=''
     experiment oom 128M "/usr/bin/python3 $LIB/hog.py 400"
     systemctl daemon-reload
     # Before the first start the slice has no cgroup yet: the path ends at /sys/fs/cgroup.
@@ -173,8 +192,8 @@ slice_budget() {
     case "$status" in queued*TOTAL_RAM_LIMIT_GB*) ;; *) fail "big2 is not queued for RAM: '$status'" ;; esac
     # Over a few seconds the slice stays within its budget and nothing is killed.
     ev0=$(event "$cg" oom_kill)
-    local i cur
-    for i in $(seq 1 10); do
+    local _ cur
+    for _ in $(seq 1 10); do
         cur=$(cat "$cg/memory.current")
         [ "$cur" -le "$max" ] || fail "slice memory.current $cur above memory.max $max"
         sleep 0.3
@@ -255,16 +274,198 @@ memory_in_status() {
     within "$shown" "$cur" || fail "systemctl status shows $shown bytes, memory.current is $cur"
 }
 
+# --- the wake cases (three boots) ----------------------------------------------------------
+
+# What this run keeps from one boot to the next (the disk stays).
+STATE=/var/lib/homelab-vm
+ANSWER=/run/vm-api.json
+
+# A homelab_vm.NAME= argument of the kernel command line (vm.sh sets them).
+kernel_arg() { tr ' ' '\n' </proc/cmdline | sed -n "s/^homelab_vm\.$1=//p" | tail -n 1; }
+PHASE=$(kernel_arg phase)
+PHASE=${PHASE:-1}
+
+alarm() { cat "$WAKEALARM"; }
+# RFC 3339 (or null) to seconds since the epoch (or "").
+epoch() { if [ "$1" = null ] || [ -z "$1" ]; then echo; else date -d "$1" +%s; fi; }
+
+# METHOD PATH [BODY]: the API call of the README (curl with the bearer token); prints the HTTP
+# status, the answer's body in $ANSWER.
+api() {
+    local token
+    token=$(cat /etc/homelab/api-token)
+    curl -sS --max-time 60 -o "$ANSWER" -w '%{http_code}' -X "$1" -H "Authorization: Bearer $token" \
+        ${3:+-d "$3"} "localhost:5001$2"
+}
+
+# The entry of schedule ID in GET /shutdown/schedules ("" when it is not listed).
+entry_of() {
+    curl -sS --max-time 60 localhost:5001/shutdown/schedules | jq -c --arg id "$1" '.schedules[] | select(.id == $id)'
+}
+
+# The services as the README starts them, with the API token (written by their first start).
+services_up() {
+    systemctl daemon-reload || fail "systemctl daemon-reload failed"
+    systemctl enable --now home-lab-services.target || fail "systemctl enable --now home-lab-services.target failed"
+    token_written() { [ -s /etc/homelab/api-token ]; }
+    wait_for "/etc/homelab/api-token" 60 token_written
+    healthy() { curl -sf --max-time 10 localhost:5001/health >/dev/null; }
+    wait_for "GET /health of the shutdown service" 60 healthy
+}
+
+# Schedules over HTTP a daily power-off a few seconds ahead (the VM's local time) that wakes
+# the machine 60 minutes after it and proceeds even when busy, with homelab-vm-wakealarm.service
+# started to print the alarm when the power-off stops it. Records "ID DUE" in $STATE/NAME.
+schedule_wake_poweroff() {
+    local name=$1 due cal body code id
+    services_up
+    echo 0 >"$WAKEALARM"
+    systemctl start homelab-vm-wakealarm.service || fail "systemctl start homelab-vm-wakealarm.service failed"
+    due=$(($(date +%s) + 10))
+    cal=$(date -d "@$due" +%H:%M:%S)
+    body=$(jq -nc --arg c "$cal" '{calendar: $c, wake_after_minutes: 60, when_busy: "proceed"}')
+    code=$(api POST /shutdown/schedule "$body")
+    [ "$code" = 200 ] || fail "POST /shutdown/schedule $body answered $code: $(cat "$ANSWER")"
+    id=$(jq -r .shutdown.id "$ANSWER")
+    jq -e '.shutdown | .kind == "recurring" and .action == "poweroff" and .wake_after_minutes == 60
+        and .when_busy == "proceed" and .wake_alarm_set == null and .state == "pending"' "$ANSWER" >/dev/null ||
+        fail "the new schedule's entry is not a pending daily power-off waking after 60 minutes: $(jq -c .shutdown "$ANSWER")"
+    [ "$(epoch "$(jq -r .shutdown.next_elapse "$ANSWER")")" = "$due" ] ||
+        fail "next_elapse $(jq -r .shutdown.next_elapse "$ANSWER") is not $cal today ($due)"
+    mkdir -p "$STATE"
+    echo "$id $due" >"$STATE/$name"
+    measured "boot $PHASE: POST $body -> id $id, next_elapse $(jq -r .shutdown.next_elapse "$ANSWER") (epoch $due); waiting for it to power off"
+}
+
+# Waits for the power-off the schedule brings (systemd then stops this script); returns after
+# 120 s without one.
+await_poweroff() {
+    trap 'exit 0' TERM
+    local deadline=$(($(date +%s) + 120))
+    while [ "$(date +%s)" -lt "$deadline" ]; do sleep 1; done
+    trap - TERM
+    echo "FAIL: no power-off within 120 s of the schedule's time" >&2
+    systemctl list-timers --all --no-pager 'homelab-shutdown@*' >&2
+    systemctl status --no-pager 'homelab-shutdown@*.service' 'homelab-power-action@*.service' >&2
+    return 1
+}
+
+# The alarm boot N-1's power-off left ($E), checked against the schedule recorded in $STATE/NAME:
+# 60 minutes after the power-off (the schedule's due time, within 30 s of the gate firing), armed
+# before the units stopped, recorded in the entry's wake_alarm_set and in the power action's
+# journal line of that boot. Sets ID.
+check_armed() {
+    local name=$1 due stopped e late
+    E=$(kernel_arg wakealarm)
+    stopped=$(kernel_arg stopped_at)
+    read -r ID due <"$STATE/$name" || fail "no schedule recorded by the boot before ($STATE/$name)"
+    measured "power-off due $due ($(date -u -d "@$due" +%T) UTC); at its stop: wakealarm '$E', now $stopped; wakealarm - due = $((${E:-0} - due)) s (expected 3600 + the gate's delay)"
+    [ -n "$E" ] || fail "the RTC alarm was empty when the power-off stopped homelab-vm-wakealarm.service: nothing armed it"
+    late=$((E - due - 3600))
+    if [ "$late" -lt 0 ] || [ "$late" -gt 30 ]; then
+        fail "the alarm $E is not 60 minutes after the power-off due at $due (within 30 s): it is $((E - due)) s after"
+    fi
+    late=$((stopped - (E - 3600)))
+    if [ "$late" -lt 0 ] || [ "$late" -gt 60 ]; then
+        fail "the alarm $E was not armed within the minute before the units stopped at $stopped (now + 60 min would be $((stopped + 3600)))"
+    fi
+    listed() { [ -n "$(entry_of "$ID")" ]; }
+    wait_for "schedule $ID listed again after the boot (homelab-shutdown-restore)" 60 listed
+    e=$(entry_of "$ID")
+    measured "entry after the boot: $(jq -c '{state, wake_after_minutes, wake_alarm_set, next_elapse}' <<<"$e")"
+    [ "$(epoch "$(jq -r .wake_alarm_set <<<"$e")")" = "$E" ] ||
+        fail "wake_alarm_set $(jq -r .wake_alarm_set <<<"$e") is not the alarm the power-off armed ($E)"
+    jq -e '.state == "pending" and .wake_after_minutes == 60' <<<"$e" >/dev/null ||
+        fail "the daily schedule is not pending again with wake_after_minutes 60: $e"
+    journalctl -b -1 -o cat --no-pager -u 'homelab-power-action@*' >"/run/vm-actor-$name.log"
+    sed 's/^/  journal -b -1: /' "/run/vm-actor-$name.log" >&2
+    grep -qF "wake alarm set for $E (" "/run/vm-actor-$name.log" ||
+        fail "the boot before has no power action line 'wake alarm set for $E (...)'"
+    journalctl -b -1 -o cat --no-pager -u "homelab-power-action@poweroff-wake-$E.service" | grep -q 'fired: powering off now' ||
+        fail "homelab-power-action@poweroff-wake-$E.service did not log 'fired: powering off now' in the boot before"
+    measured "journal of the boot before: $(grep -F "wake alarm set for $E (" "/run/vm-actor-$name.log")"
+}
+
+# (boot 2) The first power-off armed the alarm 60 minutes after it.
+wake_alarm_set_at_poweroff() {
+    check_armed first
+    curl -sS --max-time 60 localhost:5001/shutdown/system | jq -e '.wake.rtc == true' >/dev/null ||
+        fail "GET /shutdown/system does not say wake.rtc true"
+}
+
+# (boot 2) Deleting that schedule, its alarm held by the RTC as firmware keeps it, clears it.
+wake_alarm_cleared_on_delete() {
+    local code
+    E=$(kernel_arg wakealarm)
+    read -r ID _ <"$STATE/first" || fail "no schedule recorded by boot 1"
+    [ -n "$E" ] || fail "no alarm from boot 1 to write back"
+    measured "at this boot's start the RTC alarm is '$(alarm)' (qemu keeps none between runs); writing back $E"
+    echo 0 >"$WAKEALARM"
+    echo "$E" >"$WAKEALARM"
+    [ "$(alarm)" = "$E" ] || fail "the alarm reads '$(alarm)' after writing $E"
+    listed() { [ -n "$(entry_of "$ID")" ]; }
+    wait_for "schedule $ID listed" 60 listed
+    code=$(api DELETE "/shutdown/schedules/$ID")
+    measured "DELETE /shutdown/schedules/$ID -> $code $(jq -c '{wake_alarm_cleared}' "$ANSWER"); wakealarm now '$(alarm)'"
+    [ "$code" = 200 ] || fail "DELETE answered $code: $(cat "$ANSWER")"
+    jq -e '.wake_alarm_cleared == true' "$ANSWER" >/dev/null || fail "the answer does not say wake_alarm_cleared true: $(cat "$ANSWER")"
+    [ -z "$(alarm)" ] || fail "the alarm is '$(alarm)' after the delete, not empty"
+    journalctl -b -o cat --no-pager -u "homelab-power-action@clear-wake-$E.service" | grep -qF "cleared the wake alarm $E (" ||
+        fail "no line 'cleared the wake alarm $E (...)' of homelab-power-action@clear-wake-$E.service"
+    [ -z "$(entry_of "$ID")" ] || fail "schedule $ID is still listed after the delete"
+}
+
+# (boot 3) An alarm that is not the schedule's stays when the schedule is deleted; a schedule that
+# never armed one does not touch it either.
+foreign_wake_alarm_kept() {
+    local foreign code id3
+    check_armed second
+    foreign=$((E + 900))
+    echo 0 >"$WAKEALARM"
+    echo "$foreign" >"$WAKEALARM"
+    [ "$(alarm)" = "$foreign" ] || fail "the alarm reads '$(alarm)' after writing $foreign"
+    code=$(api DELETE "/shutdown/schedules/$ID")
+    measured "another alarm $foreign set; DELETE /shutdown/schedules/$ID (its alarm was $E) -> $code $(jq -c '{wake_alarm_cleared}' "$ANSWER"); wakealarm now '$(alarm)'"
+    [ "$code" = 200 ] || fail "DELETE answered $code: $(cat "$ANSWER")"
+    [ "$(alarm)" = "$foreign" ] || fail "the other alarm $foreign became '$(alarm)' when the schedule of $E was deleted"
+    journalctl -b -o cat --no-pager -u "homelab-power-action@clear-wake-$E.service" | grep -qF "left the wake alarm alone: it is $foreign (" ||
+        fail "no line 'left the wake alarm alone: it is $foreign (...)' of homelab-power-action@clear-wake-$E.service"
+    code=$(api POST /shutdown/schedule '{"minutes": 60, "wake_after_minutes": 30}')
+    [ "$code" = 200 ] || fail "POST {\"minutes\": 60, \"wake_after_minutes\": 30} answered $code: $(cat "$ANSWER")"
+    id3=$(jq -r .shutdown.id "$ANSWER")
+    jq -e '.shutdown.wake_alarm_set == null' "$ANSWER" >/dev/null || fail "a new schedule has a wake_alarm_set: $(cat "$ANSWER")"
+    code=$(api DELETE "/shutdown/schedules/$id3")
+    measured "a one-off schedule that never fired (wake_after_minutes 30), deleted -> $code $(jq -c '{wake_alarm_cleared}' "$ANSWER"); wakealarm now '$(alarm)'"
+    [ "$code" = 200 ] || fail "DELETE answered $code: $(cat "$ANSWER")"
+    jq -e 'has("wake_alarm_cleared") | not' "$ANSWER" >/dev/null || fail "deleting a schedule that never armed an alarm says wake_alarm_cleared: $(cat "$ANSWER")"
+    [ "$(alarm)" = "$foreign" ] || fail "the other alarm $foreign became '$(alarm)' when a schedule that never armed one was deleted"
+    echo 0 >"$WAKEALARM"
+}
+
 CASES=(oom_kill_and_restart cpu_quota_from_env cpu_quota_from_brainctl_run slice_budget
     heat_throttles_and_freezes memory_in_status)
-[ $# -eq 0 ] || CASES=("$@")
+WAKE_CASES=(wake_alarm_set_at_poweroff wake_alarm_cleared_on_delete foreign_wake_alarm_kept)
+CASES+=("${WAKE_CASES[@]}")
+if [ $# -gt 0 ]; then
+    CASES=()
+    for c in "$@"; do [[ " ${WAKE_CASES[*]} " == *" $c "* ]] || CASES+=("$c"); done
+    # The wake cases come as a whole: each boot builds on the one before.
+    [ ${#CASES[@]} -eq $# ] || CASES+=("${WAKE_CASES[@]}")
+fi
+wake=
+[[ " ${CASES[*]} " != *" ${WAKE_CASES[0]} "* ]] || wake=yes
 
-echo "cases ${CASES[*]}" >&3
-passed=0 failed=0
-for CASE in "${CASES[@]}"; do
-    log=/run/vm-case-$CASE.log
+# Counts over all boots.
+mkdir -p "$STATE"
+if [ "$PHASE" = 1 ] || [ ! -e "$STATE/counts" ]; then echo "0 0" >"$STATE/counts"; fi
+read -r passed failed <"$STATE/counts"
+
+# Runs case NAME (or, with a second argument, the step of NAME that STEP is) and reports it.
+run_case() {
+    CASE=$1
+    local log=/run/vm-case-$CASE.log
     reset >"$log" 2>&1
-    (set -e; "$CASE") >>"$log" 2>&1
+    (set -e; "${2:-$CASE}") >>"$log" 2>&1
     if [ $? -eq 0 ]; then
         echo "ok $CASE" >&3
         passed=$((passed + 1))
@@ -275,6 +476,49 @@ for CASE in "${CASES[@]}"; do
         journalctl --no-pager -o short-monotonic -n 200 | sed 's/^/| /' >&3
         failed=$((failed + 1))
     fi
-done
+    echo "$passed $failed" >"$STATE/counts"
+}
+
+# A boot's last step for the wake cases: schedule the power-off that ends it (NAME: where it is
+# recorded) and wait for it. When it does not come, the wake cases still ahead (the arguments)
+# fail, and the run ends.
+end_with_poweroff() {
+    local name=$1 log=/run/vm-poweroff.log c
+    shift
+    CASE=$1
+    reset >"$log" 2>&1
+    (set -e; schedule_wake_poweroff "$name") >>"$log" 2>&1
+    # shellcheck disable=SC2181 # set -e holds only outside a condition
+    [ $? -ne 0 ] || await_poweroff >>"$log" 2>&1
+    # Only without a power-off: report the cases that now cannot run.
+    for c in "$@"; do
+        echo "FAILED $c" >&3
+        echo "| not run: the power-off scheduled at the end of boot $PHASE did not happen" >&3
+        failed=$((failed + 1))
+    done
+    sed 's/^/| /' "$log" >&3
+    echo "| --- the journal's last 200 lines ---" >&3
+    journalctl --no-pager -o short-monotonic -n 200 | sed 's/^/| /' >&3
+    echo "summary $passed $failed" >&3
+    exit 1
+}
+
+case $PHASE in
+    1)
+        echo "cases ${CASES[*]}" >&3
+        for c in "${CASES[@]}"; do
+            [[ " ${WAKE_CASES[*]} " == *" $c "* ]] || run_case "$c"
+        done
+        [ -z "$wake" ] || end_with_poweroff first "${WAKE_CASES[@]}"
+        ;;
+    2)
+        run_case wake_alarm_set_at_poweroff
+        run_case wake_alarm_cleared_on_delete
+        end_with_poweroff second foreign_wake_alarm_kept
+        ;;
+    3)
+        run_case foreign_wake_alarm_kept
+        ;;
+esac
 reset >/dev/null 2>&1
 echo "summary $passed $failed" >&3
