@@ -134,6 +134,8 @@ trait Manager {
 trait LoginManager {
     fn power_off(&self, interactive: bool) -> zbus::Result<()>;
     fn reboot(&self, interactive: bool) -> zbus::Result<()>;
+    fn power_off_with_flags(&self, flags: u64) -> zbus::Result<()>;
+    fn reboot_with_flags(&self, flags: u64) -> zbus::Result<()>;
     fn inhibit(
         &self,
         what: &str,
@@ -142,6 +144,16 @@ trait LoginManager {
         mode: &str,
     ) -> zbus::Result<zbus::zvariant::OwnedFd>;
     fn list_inhibitors(&self) -> zbus::Result<Vec<Inhibitor>>;
+}
+
+/// `SD_LOGIND_SKIP_INHIBITORS` of logind's `*WithFlags` methods (systemd 256 and later).
+const SKIP_INHIBITORS: u64 = 1 << 4;
+
+/// Whether logind refused a `*WithFlags` call for a flag it does not know (before systemd 256:
+/// "Invalid flags parameter").
+fn flag_unknown(e: &zbus::Error) -> bool {
+    matches!(e, zbus::Error::MethodError(name, _, _)
+        if name.as_str() == "org.freedesktop.DBus.Error.InvalidArgs")
 }
 
 /// One of logind's inhibitor locks, as `ListInhibitors` gives it (and `systemd-inhibit --list`
@@ -736,15 +748,25 @@ impl Bus {
         Ok(all)
     }
 
-    /// Powers off through logind. As root: block inhibitors do not stop it, delay ones hold
-    /// it for their few seconds.
+    /// Powers off through logind, whatever inhibitors are held (call as root, once the
+    /// schedule's policy has been applied): logind from systemd 256 on needs
+    /// `SD_LOGIND_SKIP_INHIBITORS` for that even from root; an older one does not know the
+    /// flag, and lets root through anyway.
     pub fn power_off(&self) -> Result<(), SystemdError> {
-        Ok(self.login()?.power_off(false)?)
+        let login = self.login()?;
+        match login.power_off_with_flags(SKIP_INHIBITORS) {
+            Err(e) if flag_unknown(&e) => Ok(login.power_off(false)?),
+            other => Ok(other?),
+        }
     }
 
     /// Reboots through logind (as [`Bus::power_off`]).
     pub fn reboot(&self) -> Result<(), SystemdError> {
-        Ok(self.login()?.reboot(false)?)
+        let login = self.login()?;
+        match login.reboot_with_flags(SKIP_INHIBITORS) {
+            Err(e) if flag_unknown(&e) => Ok(login.reboot(false)?),
+            other => Ok(other?),
+        }
     }
 }
 
