@@ -72,8 +72,8 @@ test:
 e2e: build
 	$(CARGO) test --release --locked --test e2e -- $(FILTER)
 
-# Only the VM tier (as root): the experiment cases on a real kernel with cgroup v2, in qemu;
-# FILTER=case names some of tests/vm/cases.sh's cases.
+# Only the VM tier (as root): the experiment cases on a real kernel with cgroup v2, and the RTC wake
+# alarm of a scheduled power-off, in qemu; FILTER=case names some of tests/vm/cases.sh's cases.
 e2e-vm: build
 	bash tests/vm/vm.sh run $(FILTER)
 
