@@ -3,8 +3,8 @@
 //! polkit for exactly these instances). The instance is all it is told, and all it parses:
 //! `poweroff`, `reboot`, `poweroff-wake-EPOCH` (arm the RTC alarm, then power off) or
 //! `clear-wake-EPOCH` (clear the RTC alarm if it is EPOCH). No file of abc's is read. It powers
-//! off or reboots through logind, as root: block inhibitors do not stop it (the gate has applied
-//! the schedule's policy), delay inhibitors get their few seconds.
+//! off or reboots by starting `poweroff.target` or `reboot.target`, as `systemctl poweroff` does:
+//! the gate has applied the schedule's policy, so no inhibitor stops it.
 
 use clap::Parser;
 use homelab::shutdown::wake;
@@ -45,7 +45,7 @@ fn parse(instance: &str) -> Option<Task> {
 }
 
 /// Powers the machine off (arming the RTC wake alarm first when asked), reboots it, or clears
-/// the wake alarm it armed; as root, through logind.
+/// the wake alarm it armed; as root.
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {

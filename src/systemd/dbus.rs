@@ -132,10 +132,6 @@ trait Manager {
     blocking_name = "LoginManagerProxy"
 )]
 trait LoginManager {
-    fn power_off(&self, interactive: bool) -> zbus::Result<()>;
-    fn reboot(&self, interactive: bool) -> zbus::Result<()>;
-    fn power_off_with_flags(&self, flags: u64) -> zbus::Result<()>;
-    fn reboot_with_flags(&self, flags: u64) -> zbus::Result<()>;
     fn inhibit(
         &self,
         what: &str,
@@ -144,16 +140,6 @@ trait LoginManager {
         mode: &str,
     ) -> zbus::Result<zbus::zvariant::OwnedFd>;
     fn list_inhibitors(&self) -> zbus::Result<Vec<Inhibitor>>;
-}
-
-/// `SD_LOGIND_SKIP_INHIBITORS` of logind's `*WithFlags` methods (systemd 256 and later).
-const SKIP_INHIBITORS: u64 = 1 << 4;
-
-/// Whether logind refused a `*WithFlags` call for a flag it does not know (before systemd 256:
-/// "Invalid flags parameter").
-fn flag_unknown(e: &zbus::Error) -> bool {
-    matches!(e, zbus::Error::MethodError(name, _, _)
-        if name.as_str() == "org.freedesktop.DBus.Error.InvalidArgs")
 }
 
 /// One of logind's inhibitor locks, as `ListInhibitors` gives it (and `systemd-inhibit --list`
@@ -748,25 +734,21 @@ impl Bus {
         Ok(all)
     }
 
-    /// Powers off through logind, whatever inhibitors are held (call as root, once the
-    /// schedule's policy has been applied): logind from systemd 256 on needs
-    /// `SD_LOGIND_SKIP_INHIBITORS` for that even from root; an older one does not know the
-    /// flag, and lets root through anyway.
+    /// Powers off: starts `poweroff.target` with `replace-irreversibly`, as `systemctl poweroff`
+    /// does without logind (call as root, once the schedule's policy has been applied). Not
+    /// through logind: from systemd 256 on, logind refuses even root while a block inhibitor is
+    /// held, and the policy has decided already.
     pub fn power_off(&self) -> Result<(), SystemdError> {
-        let login = self.login()?;
-        match login.power_off_with_flags(SKIP_INHIBITORS) {
-            Err(e) if flag_unknown(&e) => Ok(login.power_off(false)?),
-            other => Ok(other?),
-        }
+        self.manager()?
+            .start_unit("poweroff.target", "replace-irreversibly")?;
+        Ok(())
     }
 
-    /// Reboots through logind (as [`Bus::power_off`]).
+    /// Reboots: `reboot.target`, as [`Bus::power_off`].
     pub fn reboot(&self) -> Result<(), SystemdError> {
-        let login = self.login()?;
-        match login.reboot_with_flags(SKIP_INHIBITORS) {
-            Err(e) if flag_unknown(&e) => Ok(login.reboot(false)?),
-            other => Ok(other?),
-        }
+        self.manager()?
+            .start_unit("reboot.target", "replace-irreversibly")?;
+        Ok(())
     }
 }
 

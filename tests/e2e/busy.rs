@@ -44,11 +44,13 @@ pub const GROUP: Group = Group {
 };
 
 /// A backup that holds a block inhibitor for shutdown, as a user would run one.
-const BACKUP: &str = "systemd-run --unit=backup systemd-inhibit --what=shutdown --mode=block --who=backup --why=nightly sleep 600";
+const BACKUP: &str = "systemd-run --unit=backup --collect systemd-inhibit --what=shutdown --mode=block --who=backup --why=nightly sleep 600";
 
 /// Starts the backup and waits until logind lists its inhibitor.
 fn hold_backup(s: &Sandbox) -> Result<()> {
-    s.ok(&format!("systemctl stop backup 2>/dev/null; {BACKUP}"))?;
+    s.ok(&format!(
+        "systemctl stop backup 2>/dev/null; systemctl reset-failed backup 2>/dev/null; {BACKUP}"
+    ))?;
     wait_for("the backup's inhibitor", Duration::from_secs(10), || {
         Ok(s.ok("systemd-inhibit --list --no-pager")?
             .lines()
