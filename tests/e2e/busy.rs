@@ -44,18 +44,20 @@ pub const GROUP: Group = Group {
 };
 
 /// A backup that holds a block inhibitor for shutdown, as a user would run one.
-const BACKUP: &str = "systemd-run --unit=backup --collect systemd-inhibit --what=shutdown --mode=block --who=backup --why=nightly sleep 600";
+const BACKUP: &str =
+    "systemd-inhibit --what=shutdown --mode=block --who=backup --why=nightly sleep 600";
 
-/// Starts the backup and waits until logind lists its inhibitor.
-fn hold_backup(s: &Sandbox) -> Result<()> {
-    s.ok(&format!(
-        "systemctl stop backup 2>/dev/null; systemctl reset-failed backup 2>/dev/null; {BACKUP}"
-    ))?;
+/// Starts the backup (a unit of its own, named afresh each time: a stopped transient unit is
+/// unloaded a moment later) and waits until logind lists its inhibitor; its unit.
+fn hold_backup(s: &Sandbox) -> Result<String> {
+    let unit = format!("backup-{}.service", chrono::Utc::now().timestamp_micros());
+    s.ok(&format!("systemd-run --unit={unit} --collect {BACKUP}"))?;
     wait_for("the backup's inhibitor", Duration::from_secs(10), || {
         Ok(s.ok("systemd-inhibit --list --no-pager")?
             .lines()
             .any(|l| l.starts_with("backup") && l.contains("block")))
-    })
+    })?;
+    Ok(unit)
 }
 
 /// Schedules a one-off power-off `secs` seconds ahead with `extra` fields; its entry.
@@ -223,7 +225,7 @@ fn policy_and_wake_fields_are_validated(s: &Sandbox) -> Result<()> {
 
 fn cancel_and_delete_end_a_wait(s: &Sandbox) -> Result<()> {
     clear_schedules(s)?;
-    hold_backup(s)?;
+    let backup = hold_backup(s)?;
     for how in ["cancel", "delete"] {
         let e = power_off_in(s, 2, r#", "when_busy": "wait""#)?;
         let id = e["id"].as_str().context("id")?.to_string();
@@ -245,7 +247,7 @@ fn cancel_and_delete_end_a_wait(s: &Sandbox) -> Result<()> {
         ensure!(entry(s, &id)?.is_none(), "{how}: still listed");
     }
     // The wait is over: the backup ending powers nothing off.
-    s.ok("systemctl stop backup")?;
+    s.ok(&format!("systemctl stop {backup}"))?;
     holds_for(
         "the machine to stay up after the backup",
         Duration::from_secs(6),
@@ -257,7 +259,7 @@ fn cancel_and_delete_end_a_wait(s: &Sandbox) -> Result<()> {
 
 fn skip_skips_and_a_recurring_schedule_stays(s: &Sandbox) -> Result<()> {
     clear_schedules(s)?;
-    hold_backup(s)?;
+    let backup = hold_backup(s)?;
     let fire = chrono::Local::now() + chrono::Duration::seconds(4);
     let body = format!(
         r#"{{"calendar": "{}", "when_busy": "skip"}}"#,
@@ -290,7 +292,7 @@ fn skip_skips_and_a_recurring_schedule_stays(s: &Sandbox) -> Result<()> {
         "its next elapse is not tomorrow: {e}"
     );
     ensure_eq!(listed_timers(s)?, vec![unit]);
-    s.ok("systemctl stop backup")?;
+    s.ok(&format!("systemctl stop {backup}"))?;
     clear_schedules(s)
 }
 
@@ -336,7 +338,7 @@ fn wait_holds_the_power_off_while_an_experiment_runs(s: &Sandbox) -> Result<()> 
 
 fn wait_holds_the_power_off_while_a_foreign_inhibitor_is_held(s: &Sandbox) -> Result<()> {
     clear_schedules(s)?;
-    hold_backup(s)?;
+    let backup = hold_backup(s)?;
     let e = power_off_in(s, 2, r#", "when_busy": "wait""#)?;
     let id = e["id"].as_str().context("id")?.to_string();
     wait_until_waiting(s, &id, "backup")?;
@@ -345,14 +347,15 @@ fn wait_holds_the_power_off_while_a_foreign_inhibitor_is_held(s: &Sandbox) -> Re
         Duration::from_secs(6),
         || Ok(!s.is_down()),
     )?;
-    s.ok("systemctl stop backup")?;
+    s.ok(&format!("systemctl stop {backup}"))?;
     powers_off_within(s, Duration::from_secs(30))?;
     boot_again(s)
 }
 
 fn the_maximum_wait_reached_it_proceeds(s: &Sandbox) -> Result<()> {
     clear_schedules(s)?;
-    hold_backup(s)?;
+    // Held until the power-off.
+    let _backup = hold_backup(s)?;
     let e = power_off_in(s, 2, r#", "when_busy": "wait", "max_wait_minutes": 1"#)?;
     let id = e["id"].as_str().context("id")?.to_string();
     let waiting = wait_until_waiting(s, &id, "backup")?;
