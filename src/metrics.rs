@@ -178,7 +178,7 @@ pub fn write_http_requests(w: &mut Writer) {
     }
 }
 
-/// Replaces `path` with `text` atomically (temporary file in the same folder, fsync, rename), and
+/// Replaces `path` with `text` atomically ([`crate::statefile::write_atomic`]), and
 /// only when the content differs: node_exporter's textfile collector reads whole files, and an
 /// unchanged file is not rewritten (no write every few seconds to an SSD for nothing).
 /// Returns whether it wrote.
@@ -186,25 +186,8 @@ pub fn write_textfile(path: &Path, text: &str) -> std::io::Result<bool> {
     if std::fs::read(path).is_ok_and(|old| old == text.as_bytes()) {
         return Ok(false);
     }
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
     // node_exporter reads only `*.prom`: the temporary name keeps it from reading half a file.
-    let tmp = path.with_extension("prom.tmp");
-    let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o644)
-            .open(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.map(|()| true)
+    crate::statefile::write_atomic(path, text.as_bytes(), 0o644).map(|()| true)
 }
 
 #[cfg(test)]

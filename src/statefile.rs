@@ -159,20 +159,51 @@ pub fn peek<T: DeserializeOwned + Default>(path: &Path, max: u64) -> T {
         .unwrap_or_default()
 }
 
-/// Writes `value` as JSON: temporary file (0600), fsync, rename over `path`, fsync the folder.
+/// Writes `value` as JSON through [`write_atomic`], mode 0600.
 pub fn save<T: Serialize>(path: &Path, value: &T) -> anyhow::Result<()> {
-    let dir = path.parent().context("state file has no folder")?;
-    let tmp = path.with_extension("tmp");
     let mut data = serde_json::to_vec_pretty(value)?;
     data.push(b'\n');
-    let result = (|| -> anyhow::Result<()> {
-        let mut f = OpenOptions::new()
+    write_atomic(path, &data, 0o600).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Replaces `path` with `data` atomically: a temporary file in the same folder, fsync, rename
+/// over `path`, fsync the folder. The temporary file is created with `O_EXCL | O_NOFOLLOW` under a
+/// name of this process's own (`.NAME.tmp-PID`), so a link planted under that name is never
+/// followed, even by root, and a reader never sees half a file. Its name ends in neither `.json`
+/// nor `.prom`, so no collector reads it.
+pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::io::{Error, ErrorKind};
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .ok_or_else(|| Error::new(ErrorKind::InvalidInput, "the path names no file"))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let open = || {
+        OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(&data)?;
+            .create_new(true)
+            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+            .mode(mode)
+            .open(&tmp)
+    };
+    // A file of that name is a leftover of a process that had our PID before: remove it (a
+    // symlink is removed, not followed) and create ours afresh.
+    let mut f = match open() {
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+            fs::remove_file(&tmp)?;
+            open()?
+        }
+        other => other?,
+    };
+    let result = (|| {
+        f.write_all(data)?;
         f.sync_all()?;
         fs::rename(&tmp, path)?;
         if let Ok(d) = File::open(dir) {
@@ -183,7 +214,7 @@ pub fn save<T: Serialize>(path: &Path, value: &T) -> anyhow::Result<()> {
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
-    result.with_context(|| format!("cannot write {}", path.display()))
+    result
 }
 
 #[cfg(test)]

@@ -80,7 +80,7 @@ fn main() -> ExitCode {
                             wake::WAKEALARM
                         )
                     })?;
-                    log_info!("wake alarm set for {at} ({})", show(at));
+                    log_info!("wake alarm set for {at} ({})", homelab::time::epoch_rfc3339(at));
                 }
                 log_warn!("{} fired: powering off now", own_unit());
                 record("poweroff");
@@ -100,10 +100,10 @@ fn main() -> ExitCode {
 /// Clears the wake alarm if it is still the one a cancelled schedule set.
 fn clear(at: i64) -> anyhow::Result<()> {
     match wake::clear_if(at) {
-        Ok(Some(held)) if held == at => log_info!("cleared the wake alarm {at} ({})", show(at)),
+        Ok(Some(held)) if held == at => log_info!("cleared the wake alarm {at} ({})", homelab::time::epoch_rfc3339(at)),
         Ok(Some(held)) => log_info!(
             "left the wake alarm alone: it is {held} ({}), not {at}",
-            show(held)
+            homelab::time::epoch_rfc3339(held)
         ),
         Ok(None) => log_info!("no wake alarm is set: nothing to clear for {at}"),
         Err(e) => anyhow::bail!("cannot clear the wake alarm {}: {e}", wake::WAKEALARM),
@@ -111,11 +111,6 @@ fn clear(at: i64) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn show(t: i64) -> String {
-    homelab::time::from_usec(t.max(0) as u64 * 1_000_000)
-        .map(|t| homelab::time::rfc3339(&t))
-        .unwrap_or_default()
-}
 
 /// The unit we run in (from our cgroup), for the log line; "a schedule" when unknown.
 fn own_unit() -> String {

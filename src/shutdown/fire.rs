@@ -75,7 +75,7 @@ pub fn run(gate_unit: &str, bus: &Bus) -> anyhow::Result<()> {
                     log_info!(
                         "{what} waits while the machine is busy ({}), at most until {}",
                         busy::holders(&busy),
-                        rfc3339(until)
+                        crate::time::epoch_rfc3339(until)
                     );
                     let waiting = Waiting {
                         since: fired,
@@ -95,7 +95,7 @@ pub fn run(gate_unit: &str, bus: &Bus) -> anyhow::Result<()> {
             None => "poweroff".to_string(),
             Some(w) => match wake_time(w) {
                 Some(at) => {
-                    log_info!("{what}: the machine wakes again at {}", rfc3339(at));
+                    log_info!("{what}: the machine wakes again at {}", crate::time::epoch_rfc3339(at));
                     format!("poweroff-wake-{at}")
                 }
                 None => "poweroff".to_string(),
@@ -158,8 +158,3 @@ fn now() -> i64 {
     chrono::Local::now().timestamp()
 }
 
-fn rfc3339(t: i64) -> String {
-    crate::time::from_usec(t.max(0) as u64 * 1_000_000)
-        .map(|t| crate::time::rfc3339(&t))
-        .unwrap_or_default()
-}

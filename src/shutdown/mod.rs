@@ -476,9 +476,7 @@ impl ShutdownService {
                 "pending_schedules": pending.iter().map(|p| p.entry(now)).collect::<Vec<_>>(),
                 "wake": {
                     "rtc": wake::rtc_present(),
-                    "alarm": wake::alarm()
-                        .and_then(|t| crate::time::from_usec(t as u64 * 1_000_000))
-                        .map(|t| crate::time::rfc3339(&t)),
+                    "alarm": wake::alarm().map(crate::time::epoch_rfc3339),
                     "next_wake_at": pending.iter().find(|p| p.action == schedule::Action::Poweroff).and_then(|p| p.entry(now)["wake_at"].as_str().map(str::to_string)),
                 },
                 "service_config": self.config_json(),

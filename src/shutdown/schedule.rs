@@ -335,8 +335,7 @@ impl Pending {
         let seconds_left = next.map_or(0, |t| (t.timestamp() - now.timestamp()).max(0));
         let next_str = next.map(|t| crate::time::rfc3339(&t));
         let wake = self.stored.as_ref().and_then(|s| s.wake.as_ref());
-        let time =
-            |t: i64| crate::time::from_usec(t as u64 * 1_000_000).map(|t| crate::time::rfc3339(&t));
+        let time = |t: i64| Some(crate::time::epoch_rfc3339(t)).filter(|s| !s.is_empty());
         json!({
             "id": self.id(),
             "unit": self.unit,

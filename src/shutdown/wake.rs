@@ -80,9 +80,7 @@ pub fn parse_request(
             if t <= off {
                 return Err(ApiError::bad_request(format!(
                     "\"wake_at\" must come after the power-off ({}): send a later time",
-                    crate::time::from_usec(off as u64 * 1_000_000)
-                        .map(|t| crate::time::rfc3339(&t))
-                        .unwrap_or_default()
+                    crate::time::epoch_rfc3339(off)
                 )));
             }
             Wake::At(t)
