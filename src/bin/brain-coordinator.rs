@@ -33,6 +33,6 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     // The one bus connection of the process, connected on first use.
-    let bus = homelab::systemd::dbus::Bus::system();
+    let bus = homelab::systemd::Bus::system();
     homelab::cli::run(|| coordinator::run(&args.config, &bus))
 }

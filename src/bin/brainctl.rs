@@ -112,7 +112,7 @@ fn main() -> ExitCode {
         };
     }
     // The one bus connection of the process, connected on first use.
-    let m = ExperimentManager::new(homelab::systemd::dbus::Bus::system());
+    let m = ExperimentManager::new(homelab::systemd::Bus::system());
     let result = match cli.command {
         Command::Start { id } => m.start_experiment(&id).map(|u| started(&m, &id, &u)),
         Command::Stop { id } => m.stop_experiment(&id).map(|u| match u {

@@ -3,7 +3,7 @@
 use clap::Parser;
 use homelab::cli::{self, ServiceArgs};
 use homelab::inference::{self, activity::ActivityStore, config::Config, idle};
-use homelab::systemd::dbus::Bus;
+use homelab::systemd::Bus;
 use std::process::ExitCode;
 
 /// Lists model servers and starts, stops and restarts them; socket-activated on port 5002.

@@ -3,7 +3,7 @@
 use clap::Parser;
 use homelab::cli::{self, ServiceArgs};
 use homelab::shutdown;
-use homelab::systemd::dbus::Bus;
+use homelab::systemd::Bus;
 use std::process::ExitCode;
 
 /// Schedules, lists and cancels shutdowns as systemd timers; socket-activated on port 5001.

@@ -8,7 +8,7 @@
 //! can serve. The file is replaced atomically and only when a figure changed.
 
 use crate::metrics::{self, Kind, Writer};
-use crate::systemd::dbus::{Bus, Prop};
+use crate::systemd::{Bus, Prop};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 

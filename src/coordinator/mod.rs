@@ -24,7 +24,7 @@ pub mod thermal;
 use crate::experiment::config::{
     self as experiments, EXPERIMENTS_DIR, Experiment, SLICE, TEMPLATE_PATTERN, TRANSIENT_PATTERN,
 };
-use crate::systemd::dbus::{Bus, Prop, SystemdError, UnitRow, Verb};
+use crate::systemd::{Bus, Prop, SystemdError, UnitRow, Verb};
 use crate::systemd::{procfs, quota};
 use crate::{log_info, log_warn, systemd};
 use config::Config;

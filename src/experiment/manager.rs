@@ -5,8 +5,8 @@ use super::config::{
 };
 use super::transient::RunSpec;
 use crate::coordinator::{GATE_COMM, policy};
-use crate::systemd::dbus::{Bus, Prop, ServiceState, SystemdError, UnitRow, Verb};
 use crate::systemd::procfs;
+use crate::systemd::{Bus, Prop, ServiceState, SystemdError, UnitRow, Verb};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 

@@ -263,9 +263,9 @@ impl From<ApiError> for Response {
 
 /// A failure of systemd is the gateway's (502), with systemd's reason; a refusal for lack of
 /// permission is marked, so that the service can say what to check.
-impl From<crate::systemd::dbus::SystemdError> for ApiError {
-    fn from(e: crate::systemd::dbus::SystemdError) -> ApiError {
-        use crate::systemd::dbus::SystemdError;
+impl From<crate::systemd::SystemdError> for ApiError {
+    fn from(e: crate::systemd::SystemdError) -> ApiError {
+        use crate::systemd::SystemdError;
         let mut error = ApiError::new(502, e.to_string());
         error.denied = matches!(e, SystemdError::Denied(_));
         match e {

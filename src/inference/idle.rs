@@ -9,8 +9,8 @@ use super::models;
 use crate::shutdown::schedule::{Action, ScheduleRequest};
 use crate::shutdown::state::StateStore;
 use crate::shutdown::{Outcome, Schedules};
-use crate::systemd::dbus::{Bus, Verb};
 use crate::systemd::view::UnitView;
+use crate::systemd::{Bus, Verb};
 use crate::{log_info, log_warn};
 use chrono::{DateTime, Duration, Local};
 

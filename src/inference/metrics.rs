@@ -20,9 +20,9 @@ pub fn start_failed(model: &str) {
 
 /// The states systemd reports for the `model@` units it has loaded: model name -> active state.
 pub fn unit_states(
-    systemd: &dyn crate::systemd::dbus::Systemd,
+    systemd: &dyn crate::systemd::Systemd,
     view: &crate::systemd::view::UnitView,
-) -> Result<BTreeMap<String, String>, crate::systemd::dbus::SystemdError> {
+) -> Result<BTreeMap<String, String>, crate::systemd::SystemdError> {
     Ok(view
         .units(systemd, &[models::UNIT_PATTERN])?
         .into_iter()

@@ -11,8 +11,8 @@ pub mod models;
 
 use crate::http::auth::Auth;
 use crate::http::{self, ApiError, Method, Request, Response, Service};
-use crate::systemd::dbus::{Bus, Prop, Systemd, Verb};
 use crate::systemd::view::UnitView;
+use crate::systemd::{Bus, Prop, Systemd, Verb};
 use activity::ActivityStore;
 use chrono::Local;
 use config::Config;

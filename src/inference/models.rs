@@ -1,9 +1,9 @@
 //! Model configurations: every regular, non-hidden file in the models folder is a model; its
 //! name is the file name; the file is a `KEY=VALUE` environment file that `model@.service` loads.
 
-use crate::systemd::dbus::{Systemd, SystemdError};
 use crate::systemd::escape;
 use crate::systemd::view::UnitView;
+use crate::systemd::{Systemd, SystemdError};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 

@@ -4,7 +4,7 @@
 //! experiments run, by a backup run under `systemd-inhibit`, by a package upgrade.
 
 use crate::http::ApiError;
-use crate::systemd::dbus::Inhibitor;
+use crate::systemd::Inhibitor;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 

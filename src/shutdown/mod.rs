@@ -19,8 +19,8 @@ pub mod wake;
 use crate::experiment::config::{TEMPLATE_PATTERN, TRANSIENT_PATTERN};
 use crate::http::auth::Auth;
 use crate::http::{self, ApiError, Method, Request, Response, Service};
-use crate::systemd::dbus::{Bus, Prop, Systemd, Verb};
 use crate::systemd::view::{UnitView, ViewUnit};
+use crate::systemd::{Bus, Prop, Systemd, Verb};
 use crate::{log_info, log_warn};
 use busy::Policy;
 use chrono::{DateTime, Local};
@@ -1054,7 +1054,7 @@ mod tests {
         let unit = r.body["unit"].as_str().unwrap().to_string();
         // It fired, and its gate records what it waits for.
         fake.add(&unit, "active", "running");
-        let busy = crate::systemd::dbus::Inhibitor {
+        let busy = crate::systemd::Inhibitor {
             what: "shutdown".into(),
             who: "backup".into(),
             why: "nightly".into(),

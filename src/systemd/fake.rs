@@ -1,12 +1,17 @@
-//! A small in-memory [`Systemd`] for the services' unit tests: records every call, and refuses
-//! the way systemd and polkit do when told to.
+//! A small in-memory [`Systemd`] for in-process tests: records every call, keeps what a call
+//! changes (unit states, limits, freezing, enablement, inhibitors), and refuses the way systemd,
+//! polkit and logind do when told to.
 
-use super::dbus::{
-    JobFailure, Prop, ServiceState, Systemd, SystemdError, UnitRow, Verb, unit_path,
-};
+use super::transient::Setting;
 use super::view::glob;
-use std::collections::BTreeMap;
+use super::{
+    Inhibitor, JobFailure, Prop, ServiceState, Systemd, SystemdError, UnitChanges, UnitRow, Verb,
+    unit_path,
+};
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Mutex;
+use std::sync::mpsc::{Receiver, Sender};
 use std::time::Duration;
 use zbus::zvariant::OwnedObjectPath;
 
@@ -30,6 +35,19 @@ struct Inner {
     refusals: Vec<(String, String, Refusal)>,
     /// Units that disappear (garbage-collected) right after the next listing.
     vanish_after_list: Vec<String>,
+    /// `(MemoryMax, CPUQuotaPerSecUSec)` set per unit; a quota alone leaves the memory as it was.
+    limits: BTreeMap<String, (Option<u64>, u64)>,
+    frozen: BTreeSet<String>,
+    enabled: BTreeSet<String>,
+    /// Transient units created, with their settings.
+    transient: BTreeMap<String, Vec<Setting>>,
+    /// Inhibitors taken through the fake: who, why, and the read end of a pipe whose write end
+    /// the caller holds (closed: released).
+    inhibitors: Vec<(String, String, OwnedFd)>,
+    /// Other processes' inhibitors, as logind would list them.
+    foreign_blockers: Vec<Inhibitor>,
+    /// Where the paths sent with [`FakeSystemd::change`] go.
+    changes: Vec<Sender<OwnedObjectPath>>,
 }
 
 /// The fake. Units are added with [`FakeSystemd::add`]; a started timer waits with
@@ -73,6 +91,63 @@ impl FakeSystemd {
     /// `unit` is garbage-collected just after the next listing, before any other call.
     pub fn vanish_after_list(&self, unit: &str) {
         self.lock().vanish_after_list.push(unit.to_string());
+    }
+
+    /// The unit's `(MemoryMax, CPU quota per second)` as last set, if ever.
+    pub fn limits(&self, unit: &str) -> Option<(Option<u64>, u64)> {
+        self.lock().limits.get(unit).copied()
+    }
+
+    pub fn is_frozen(&self, unit: &str) -> bool {
+        self.lock().frozen.contains(unit)
+    }
+
+    pub fn is_enabled(&self, unit: &str) -> bool {
+        self.lock().enabled.contains(unit)
+    }
+
+    /// The settings a transient unit was created with.
+    pub fn transient_settings(&self, unit: &str) -> Option<Vec<Setting>> {
+        self.lock().transient.get(unit).cloned()
+    }
+
+    /// The `(who, why)` of every inhibitor taken through the fake and not yet released (its
+    /// descriptor still open).
+    pub fn held_inhibitors(&self) -> Vec<(String, String)> {
+        let mut inner = self.lock();
+        inner.inhibitors.retain(|(_, _, read)| !hung_up(read));
+        inner
+            .inhibitors
+            .iter()
+            .map(|(who, why, _)| (who.clone(), why.clone()))
+            .collect()
+    }
+
+    /// Another program holds (or, with an empty list, no longer holds) these inhibitors.
+    pub fn set_foreign_blockers(&self, blockers: Vec<Inhibitor>) {
+        self.lock().foreign_blockers = blockers;
+    }
+
+    /// Sets a unit's properties as systemd would report them (the row's states stay).
+    pub fn set_state(&self, unit: &str, change: impl FnOnce(&mut ServiceState)) {
+        let mut inner = self.lock();
+        if let Some((_, state)) = inner.units.get_mut(unit) {
+            change(state);
+        }
+    }
+
+    /// Removes a unit, as systemd does when it garbage-collects it.
+    pub fn remove(&self, unit: &str) {
+        self.lock().units.remove(unit);
+    }
+
+    /// Sends `unit`'s object path to every [`Systemd::unit_changes`] stream, as a
+    /// `PropertiesChanged` signal would.
+    pub fn change(&self, unit: &str) {
+        let path = unit_path(unit);
+        self.lock()
+            .changes
+            .retain(|tx| tx.send(path.clone()).is_ok());
     }
 
     /// Every call so far, as `"OP ARG"` lines.
@@ -141,27 +216,133 @@ impl Systemd for FakeSystemd {
     ) -> Result<(), SystemdError> {
         let mut inner = self.lock();
         Self::check(&mut inner, verb.as_str(), unit)?;
-        let timer = unit.ends_with(".timer");
-        let (active, sub) = match (verb, timer) {
-            (Verb::Stop, _) => ("inactive", "dead"),
-            (_, true) => ("active", "waiting"),
-            (_, false) => ("active", "running"),
-        };
-        let entry = inner.units.entry(unit.to_string()).or_insert_with(|| {
-            (
-                UnitRow::new(unit, "inactive", "dead"),
-                ServiceState::default(),
-            )
-        });
-        entry.0.active_state = active.into();
-        entry.0.sub_state = sub.into();
-        entry.1.next_elapse_usec_realtime = Some(if verb == Verb::Stop || !timer {
-            0
-        } else {
-            FakeSystemd::NEXT_ELAPSE
-        });
-        entry.1.active_enter_timestamp = Some(1_700_000_000_000_000);
+        Self::apply(&mut inner, verb, unit);
         Ok(())
+    }
+
+    fn enqueue(&self, verb: Verb, unit: &str) -> Result<(), SystemdError> {
+        let mut inner = self.lock();
+        Self::check(&mut inner, &format!("enqueue-{}", verb.as_str()), unit)?;
+        Self::apply(&mut inner, verb, unit);
+        Ok(())
+    }
+
+    fn start_transient_and_wait(
+        &self,
+        unit: &str,
+        settings: &[Setting],
+    ) -> Result<(), SystemdError> {
+        let mut inner = self.lock();
+        Self::check(&mut inner, "transient", unit)?;
+        if inner.units.get(unit).is_some_and(|(r, _)| r.is_up()) {
+            return Err(SystemdError::Failed(format!("Unit {unit} already exists.")));
+        }
+        inner.transient.insert(unit.to_string(), settings.to_vec());
+        Self::apply(&mut inner, Verb::Start, unit);
+        Ok(())
+    }
+
+    fn set_limits(
+        &self,
+        unit: &str,
+        memory_max: u64,
+        cpu_quota_usec: u64,
+    ) -> Result<(), SystemdError> {
+        let mut inner = self.lock();
+        Self::check(&mut inner, "set-limits", unit)?;
+        inner
+            .limits
+            .insert(unit.to_string(), (Some(memory_max), cpu_quota_usec));
+        Ok(())
+    }
+
+    fn set_cpu_quota(&self, unit: &str, cpu_quota_usec: u64) -> Result<(), SystemdError> {
+        let mut inner = self.lock();
+        Self::check(&mut inner, "set-cpu-quota", unit)?;
+        let memory = inner.limits.get(unit).and_then(|(m, _)| *m);
+        inner
+            .limits
+            .insert(unit.to_string(), (memory, cpu_quota_usec));
+        Ok(())
+    }
+
+    fn freeze(&self, unit: &str) -> Result<(), SystemdError> {
+        let mut inner = self.lock();
+        Self::check(&mut inner, "freeze", unit)?;
+        inner.frozen.insert(unit.to_string());
+        Ok(())
+    }
+
+    fn thaw(&self, unit: &str) -> Result<(), SystemdError> {
+        let mut inner = self.lock();
+        Self::check(&mut inner, "thaw", unit)?;
+        inner.frozen.remove(unit);
+        Ok(())
+    }
+
+    fn enable(&self, unit: &str) -> Result<(), SystemdError> {
+        let mut inner = self.lock();
+        Self::check(&mut inner, "enable", unit)?;
+        inner.enabled.insert(unit.to_string());
+        Ok(())
+    }
+
+    fn disable(&self, unit: &str) -> Result<(), SystemdError> {
+        let mut inner = self.lock();
+        Self::check(&mut inner, "disable", unit)?;
+        inner.enabled.remove(unit);
+        Ok(())
+    }
+
+    fn unit_changes(&self) -> Result<UnitChanges, SystemdError> {
+        let mut inner = self.lock();
+        Self::check(&mut inner, "subscribe", "")?;
+        let (tx, rx): (Sender<OwnedObjectPath>, Receiver<OwnedObjectPath>) =
+            std::sync::mpsc::channel();
+        inner.changes.push(tx);
+        Ok(Box::new(rx.into_iter()))
+    }
+
+    fn inhibit_shutdown_block(
+        &self,
+        who: &str,
+        why: &str,
+    ) -> Result<zbus::zvariant::OwnedFd, SystemdError> {
+        let mut inner = self.lock();
+        Self::check(&mut inner, "inhibit", who)?;
+        let (read, write) = nix::unistd::pipe()
+            .map_err(|e| SystemdError::Failed(format!("cannot make a pipe: {e}")))?;
+        inner
+            .inhibitors
+            .push((who.to_string(), why.to_string(), read));
+        Ok(zbus::zvariant::OwnedFd::from(write))
+    }
+
+    fn shutdown_blockers(&self) -> Result<Vec<Inhibitor>, SystemdError> {
+        let mut inner = self.lock();
+        Self::check(&mut inner, "blockers", "")?;
+        inner.inhibitors.retain(|(_, _, read)| !hung_up(read));
+        let ours = inner.inhibitors.iter().map(|(who, why, _)| Inhibitor {
+            what: "shutdown".into(),
+            who: who.clone(),
+            why: why.clone(),
+            mode: "block".into(),
+            uid: 0,
+            pid: std::process::id(),
+        });
+        let mut all: Vec<Inhibitor> = ours.chain(inner.foreign_blockers.clone()).collect();
+        all.retain(Inhibitor::blocks_shutdown);
+        Ok(all)
+    }
+
+    fn power_off(&self) -> Result<(), SystemdError> {
+        let mut inner = self.lock();
+        Self::check(&mut inner, "poweroff", "poweroff.target")
+    }
+
+    fn reboot(&self) -> Result<(), SystemdError> {
+        let mut inner = self.lock();
+        Self::check(&mut inner, "reboot", "reboot.target")
     }
 
     fn state(&self, unit: &str, props: &[Prop]) -> Result<ServiceState, SystemdError> {
@@ -206,5 +387,71 @@ impl Systemd for FakeSystemd {
                     .unwrap_or_default()
             })
             .collect())
+    }
+}
+
+impl FakeSystemd {
+    /// What a job of `verb` leaves behind: the unit's states and its timer's next elapse.
+    fn apply(inner: &mut Inner, verb: Verb, unit: &str) {
+        let timer = unit.ends_with(".timer");
+        let (active, sub) = match (verb, timer) {
+            (Verb::Stop, _) => ("inactive", "dead"),
+            (_, true) => ("active", "waiting"),
+            (_, false) => ("active", "running"),
+        };
+        let entry = inner.units.entry(unit.to_string()).or_insert_with(|| {
+            (
+                UnitRow::new(unit, "inactive", "dead"),
+                ServiceState::default(),
+            )
+        });
+        entry.0.active_state = active.into();
+        entry.0.sub_state = sub.into();
+        entry.1.next_elapse_usec_realtime = Some(if verb == Verb::Stop || !timer {
+            0
+        } else {
+            FakeSystemd::NEXT_ELAPSE
+        });
+        entry.1.active_enter_timestamp = Some(1_700_000_000_000_000);
+    }
+}
+
+/// Whether the write end of the pipe whose read end is `read` is closed.
+fn hung_up(read: &OwnedFd) -> bool {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    let mut fds = [PollFd::new(read.as_fd(), PollFlags::POLLIN)];
+    matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
+        && fds[0]
+            .revents()
+            .is_some_and(|r| r.contains(PollFlags::POLLHUP))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_inhibitor_is_held_while_its_descriptor_is_open() {
+        let fake = FakeSystemd::new();
+        let fd = fake.inhibit_shutdown_block("coordinator", "w1").unwrap();
+        assert_eq!(
+            fake.held_inhibitors(),
+            vec![("coordinator".into(), "w1".into())]
+        );
+        assert_eq!(fake.shutdown_blockers().unwrap().len(), 1);
+        drop(fd);
+        assert!(fake.held_inhibitors().is_empty());
+        assert!(fake.shutdown_blockers().unwrap().is_empty());
+    }
+
+    #[test]
+    fn changes_reach_every_stream() {
+        let fake = FakeSystemd::new();
+        let mut changes = fake.unit_changes().unwrap();
+        fake.change("brain-experiment@a.service");
+        assert_eq!(
+            changes.next(),
+            Some(unit_path("brain-experiment@a.service"))
+        );
     }
 }

@@ -1,5 +1,5 @@
-//! Everything that talks to systemd: socket activation, sd_notify, unit-name escaping, D-Bus,
-//! what the kernel says of a unit (procfs), CPU-quota units.
+//! Everything that talks to systemd: socket activation, sd_notify, unit-name escaping, D-Bus (the
+//! [`Bus`] handle behind the [`Systemd`] seam), what the kernel says of a unit (procfs), CPU quotas.
 
 pub mod activation;
 pub mod dbus;
@@ -8,10 +8,17 @@ pub mod escape;
 pub mod fake;
 pub mod procfs;
 pub mod quota;
+pub mod seam;
 pub mod transient;
+pub mod types;
 pub mod view;
 
 pub use activation::listener;
+pub use dbus::Bus;
+pub use seam::{Systemd, UnitChanges};
+pub use types::{
+    Inhibitor, JobFailure, Prop, ServiceState, SystemdError, UnitRow, Verb, unit_path,
+};
 
 use sd_notify::NotifyState;
 

@@ -10,7 +10,7 @@
 //! (and when the thread loses the bus) [`UnitView::units`] asks systemd instead, so a view never
 //! answers stale.
 
-use super::dbus::{Bus, Prop, ServiceState, Systemd, SystemdError, UnitRow};
+use super::{Bus, Prop, ServiceState, Systemd, SystemdError, UnitRow};
 use crate::{log_err, log_info};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Condvar, Mutex};
