@@ -6,6 +6,7 @@ pub mod dbus;
 pub mod escape;
 #[cfg(test)]
 pub mod fake;
+mod follow;
 pub mod procfs;
 pub mod quota;
 pub mod seam;

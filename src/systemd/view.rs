@@ -11,7 +11,7 @@
 //! answers stale.
 
 use super::{Bus, Prop, ServiceState, Systemd, SystemdError, UnitRow};
-use crate::{log_err, log_info};
+use crate::log_err;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
@@ -66,6 +66,15 @@ impl Units {
             patterns: patterns.iter().map(|p| p.to_string()).collect(),
             ..Units::default()
         }
+    }
+
+    /// How many units it holds.
+    pub fn len(&self) -> usize {
+        self.by_name.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
     }
 
     pub fn is_ours(&self, name: &str) -> bool {
@@ -203,25 +212,25 @@ pub fn glob(pattern: &str, name: &str) -> bool {
 }
 
 #[derive(Debug, Default)]
-struct Shared {
+pub(super) struct Shared {
     /// The map follows systemd: the first listing is in and the thread has the bus.
-    live: bool,
-    units: Units,
+    pub(super) live: bool,
+    pub(super) units: Units,
     /// Serials of [`UnitView::sync`]'s pings still out, and of those whose reply the thread saw.
-    wanted: HashSet<u32>,
-    barriers: HashSet<u32>,
+    pub(super) wanted: HashSet<u32>,
+    pub(super) barriers: HashSet<u32>,
 }
 
 /// The view a service holds (see the module's doc).
 pub struct UnitView {
-    patterns: Vec<&'static str>,
+    pub(super) patterns: Vec<&'static str>,
     shared: Mutex<Shared>,
-    changed: Condvar,
+    pub(super) changed: Condvar,
     bus: Mutex<Option<Bus>>,
 }
 
 /// The properties a view keeps beside a unit's row, read at listing.
-fn extra_props(name: &str) -> &'static [Prop] {
+pub(super) fn extra_props(name: &str) -> &'static [Prop] {
     if name.ends_with(".timer") {
         &[Prop::NextElapseUSecRealtime]
     } else {
@@ -230,7 +239,7 @@ fn extra_props(name: &str) -> &'static [Prop] {
 }
 
 /// How many property reads the thread keeps in flight (see [`Bus::states`]).
-const PIPELINE_WINDOW: usize = 64;
+pub(super) const PIPELINE_WINDOW: usize = 64;
 
 /// How long a mutating request waits for the view to have seen the end of its job.
 const SYNC_TIMEOUT: Duration = Duration::from_secs(5);
@@ -250,7 +259,7 @@ impl UnitView {
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
+    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
         self.shared.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -333,279 +342,16 @@ impl UnitView {
         let view = Arc::clone(self);
         let bus = bus.clone();
         std::thread::spawn(move || {
-            if let Err(e) = view.follow(&bus) {
+            if let Err(e) = super::follow::Follower::run(&view, &bus) {
                 log_err!("stopped following systemd's signals ({e}); every read asks systemd now");
             }
             view.lock().live = false;
             view.changed.notify_all();
         });
     }
-
-    /// The thread's loop; returns when the bus is lost.
-    fn follow(&self, bus: &Bus) -> Result<(), SystemdError> {
-        use super::dbus::{MANAGER_INTERFACE, PROPERTIES, SYSTEMD, SYSTEMD_PATH, UNIT_PATH_PREFIX};
-        use zbus::message::{Message, Type};
-        let conn = bus.conn()?;
-        let mut stream = zbus::blocking::MessageIterator::from(conn);
-        let mut pending: HashMap<u32, Pending> = HashMap::new();
-        let send = |msg: Message, what: Pending, pending: &mut HashMap<u32, Pending>| {
-            pending.insert(msg.primary_header().serial_num().get(), what);
-            conn.send(&msg)
-        };
-        let mut rules = vec![
-            zbus::MatchRule::builder()
-                .msg_type(zbus::message::Type::Signal)
-                .sender(SYSTEMD)?
-                .interface(PROPERTIES)?
-                .member("PropertiesChanged")?
-                .path_namespace(UNIT_PATH_PREFIX)?
-                .build(),
-        ];
-        for member in ["UnitNew", "UnitRemoved", "Reloading"] {
-            rules.push(
-                zbus::MatchRule::builder()
-                    .msg_type(zbus::message::Type::Signal)
-                    .sender(SYSTEMD)?
-                    .interface(MANAGER_INTERFACE)?
-                    .member(member)?
-                    .path(SYSTEMD_PATH)?
-                    .build(),
-            );
-        }
-        for rule in rules {
-            let msg = Message::method_call("/org/freedesktop/DBus", "AddMatch")?
-                .destination("org.freedesktop.DBus")?
-                .interface("org.freedesktop.DBus")?
-                .build(&(rule.to_string(),))?;
-            send(msg, Pending::Setup, &mut pending)?;
-        }
-        let manager_call = |member: &'static str| -> zbus::Result<zbus::message::Builder<'static>> {
-            Message::method_call(SYSTEMD_PATH, member)?
-                .destination(SYSTEMD)?
-                .interface(MANAGER_INTERFACE)
-        };
-        send(
-            manager_call("Subscribe")?.build(&())?,
-            Pending::Setup,
-            &mut pending,
-        )?;
-        let list = |patterns: &[&str]| -> zbus::Result<Message> {
-            manager_call("ListUnitsByPatterns")?.build(&(Vec::<&str>::new(), patterns))
-        };
-        send(list(&self.patterns)?, Pending::List(None), &mut pending)?;
-        let get = |path: &OwnedObjectPath, prop: Prop| -> zbus::Result<Message> {
-            Message::method_call(path.as_str(), "Get")?
-                .destination(SYSTEMD)?
-                .interface(PROPERTIES)?
-                .build(&prop.interface_and_name())
-        };
-        let mut outbox = std::collections::VecDeque::new();
-        let mut deferred: Vec<u32> = Vec::new();
-        let mut in_flight = 0usize;
-        // Property replies still due of the first listing, after which the view is live.
-        let mut initial_due: Option<usize> = None;
-        for msg in stream.by_ref() {
-            let msg = msg?;
-            let header = msg.header();
-            match msg.message_type() {
-                Type::Signal => {
-                    let (Some(interface), Some(member), Some(path)) =
-                        (header.interface(), header.member(), header.path())
-                    else {
-                        continue;
-                    };
-                    let signal = match (interface.as_str(), member.as_str()) {
-                        (PROPERTIES, "PropertiesChanged") => {
-                            let Ok((iface, changed, invalidated)) = msg.body().deserialize::<(
-                                String,
-                                HashMap<String, OwnedValue>,
-                                Vec<String>,
-                            )>(
-                            ) else {
-                                continue;
-                            };
-                            Signal::Changed {
-                                path: path.as_str().to_string(),
-                                values: changed
-                                    .into_iter()
-                                    .filter_map(|(k, v)| Some((Prop::from_signal(&iface, &k)?, v)))
-                                    .collect(),
-                                invalidated: invalidated
-                                    .iter()
-                                    .filter_map(|k| Prop::from_signal(&iface, k))
-                                    .collect(),
-                            }
-                        }
-                        (MANAGER_INTERFACE, "UnitNew") => {
-                            let Ok((name, path)) =
-                                msg.body().deserialize::<(String, OwnedObjectPath)>()
-                            else {
-                                continue;
-                            };
-                            Signal::UnitNew { name, path }
-                        }
-                        (MANAGER_INTERFACE, "UnitRemoved") => {
-                            let Ok((name, _)) =
-                                msg.body().deserialize::<(String, OwnedObjectPath)>()
-                            else {
-                                continue;
-                            };
-                            Signal::UnitRemoved { name }
-                        }
-                        (MANAGER_INTERFACE, "Reloading") => {
-                            // After a daemon-reload, list everything again.
-                            if msg
-                                .body()
-                                .deserialize::<bool>()
-                                .is_ok_and(|started| !started)
-                            {
-                                send(list(&self.patterns)?, Pending::List(None), &mut pending)?;
-                            }
-                            continue;
-                        }
-                        _ => continue,
-                    };
-                    let refresh = self.lock().units.apply(signal);
-                    if let Some(name) = refresh {
-                        send(list(&[&name])?, Pending::List(Some(name)), &mut pending)?;
-                    }
-                }
-                Type::MethodReturn | Type::Error => {
-                    let Some(what) = header.reply_serial().and_then(|s| pending.remove(&s.get()))
-                    else {
-                        if let Some(s) = header.reply_serial()
-                            && self.lock().wanted.remove(&s.get())
-                        {
-                            // A sync's ping: it passes once the reads that signals before it
-                            // asked for are in too.
-                            deferred.push(s.get());
-                            self.release(&mut deferred, &pending, &outbox);
-                        }
-                        continue;
-                    };
-                    let ok = msg.message_type() == Type::MethodReturn;
-                    match what {
-                        // A second Subscribe of the same connection is refused so; harmless.
-                        Pending::Setup
-                            if !ok
-                                && header.error_name().map(|n| n.as_str())
-                                    != Some("org.freedesktop.systemd1.AlreadySubscribed") =>
-                        {
-                            return Err(SystemdError::Failed(format!(
-                                "cannot subscribe to systemd's signals: {:?}",
-                                header.error_name()
-                            )));
-                        }
-                        Pending::Setup => {}
-
-                        Pending::List(only) => {
-                            let rows: Vec<UnitRow> = if ok {
-                                msg.body().deserialize()?
-                            } else if only.is_some() {
-                                Vec::new()
-                            } else {
-                                return Err(SystemdError::Failed(
-                                    "systemd refused to list units".into(),
-                                ));
-                            };
-                            let mut asked = 0;
-                            {
-                                let mut shared = self.lock();
-                                match &only {
-                                    None => shared.units.reset(rows.clone()),
-                                    Some(name) => {
-                                        shared.units.remove(name);
-                                        for r in rows.iter().cloned() {
-                                            shared.units.put(r);
-                                        }
-                                    }
-                                }
-                            }
-                            for row in &rows {
-                                for &prop in extra_props(&row.name) {
-                                    outbox.push_back((
-                                        get(&row.path, prop)?,
-                                        row.name.clone(),
-                                        prop,
-                                    ));
-                                    asked += 1;
-                                }
-                            }
-                            if only.is_none() && initial_due.is_none() && !self.is_live() {
-                                initial_due = Some(asked);
-                            }
-                        }
-                        Pending::Prop(name, prop) => {
-                            in_flight -= 1;
-                            if ok && let Ok(v) = msg.body().deserialize::<OwnedValue>() {
-                                let mut s = ServiceState::default();
-                                s.set(prop, v);
-                                self.lock().units.set_state(&name, &s);
-                            }
-                            if let Some(n) = initial_due.as_mut() {
-                                *n = n.saturating_sub(1);
-                            }
-                        }
-                    }
-                    // Property reads go out a window at a time: dbus-daemon refuses more than
-                    // 128 pending replies per connection.
-                    while in_flight < PIPELINE_WINDOW
-                        && let Some((msg, name, prop)) = outbox.pop_front()
-                    {
-                        send(msg, Pending::Prop(name, prop), &mut pending)?;
-                        in_flight += 1;
-                    }
-                    self.release(&mut deferred, &pending, &outbox);
-                    if initial_due == Some(0) {
-                        initial_due = None;
-                        let mut shared = self.lock();
-                        shared.live = true;
-                        log_info!(
-                            "following {} units of {} from systemd's signals",
-                            shared.units.by_name.len(),
-                            self.patterns.join(" ")
-                        );
-                    }
-                }
-                _ => {}
-            }
-        }
-        Err(SystemdError::Failed(
-            "the system bus connection closed".into(),
-        ))
-    }
-}
-
-/// A reply the thread is waiting for.
-enum Pending {
-    /// Subscribe or AddMatch.
-    Setup,
-    /// A listing: of every unit of ours (`None`), or of one unit.
-    List(Option<String>),
-    /// One property of a unit.
-    Prop(String, Prop),
 }
 
 impl UnitView {
-    /// Lets the syncs whose ping has come back return, once no listing or property read of
-    /// the thread is outstanding.
-    fn release<T>(
-        &self,
-        deferred: &mut Vec<u32>,
-        pending: &HashMap<u32, Pending>,
-        outbox: &std::collections::VecDeque<T>,
-    ) {
-        if deferred.is_empty()
-            || !outbox.is_empty()
-            || pending.values().any(|p| !matches!(p, Pending::Setup))
-        {
-            return;
-        }
-        let mut shared = self.lock();
-        shared.barriers.extend(deferred.drain(..));
-        self.changed.notify_all();
-    }
-
     /// Sends `org.freedesktop.DBus.Peer.Ping` to systemd without waiting for it, its serial
     /// registered first so that the thread can tell its reply; returns the serial.
     fn ping(&self, bus: &Bus) -> Result<u32, SystemdError> {
