@@ -224,14 +224,6 @@ mod tests {
 
     type Map = BTreeMap<String, u32>;
 
-    fn tempdir(tag: &str) -> PathBuf {
-        let d =
-            std::env::temp_dir().join(format!("homelab-statefile-{tag}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&d);
-        fs::create_dir_all(&d).unwrap();
-        d
-    }
-
     #[test]
     fn the_state_directory_named_like_the_default_wins() {
         let var = |v: &str| Some(std::ffi::OsString::from(v));
@@ -256,7 +248,8 @@ mod tests {
 
     #[test]
     fn only_small_regular_files_are_read() {
-        let dir = tempdir("read");
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
         let f = dir.join("s.json");
         fs::write(&f, b"{\"a\": 1}").unwrap();
         assert_eq!(read_regular(&f, 64).unwrap(), b"{\"a\": 1}");
@@ -274,12 +267,12 @@ mod tests {
             read_regular(&dir.join("none"), 64).unwrap_err().kind(),
             std::io::ErrorKind::NotFound
         );
-        let _ = fs::remove_dir_all(dir);
     }
 
     #[test]
     fn peek_changes_nothing_and_load_moves_aside() {
-        let dir = tempdir("peek");
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
         let f = dir.join("s.json");
         fs::write(&f, b"{\"secret-line\": \"x\"}").unwrap();
         assert!(peek::<Map>(&f, 64).is_empty());
@@ -290,7 +283,6 @@ mod tests {
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
         assert!(load::<Map>(&fifo).is_empty());
         assert!(!fifo.exists(), "a FIFO is moved aside, never read");
-        let _ = fs::remove_dir_all(dir);
     }
 
     #[test]
@@ -301,5 +293,26 @@ mod tests {
             assert!(!d.contains("secret"), "{d}");
             assert!(d.contains("line 1"), "{d}");
         }
+    }
+
+    #[test]
+    fn an_atomic_write_never_follows_a_link_at_its_temporary_name() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let victim = dir.join("victim");
+        fs::write(&victim, b"keep").unwrap();
+        let target = dir.join("homelab.prom");
+        let planted = dir.join(format!(".homelab.prom.tmp-{}", std::process::id()));
+        std::os::unix::fs::symlink(&victim, &planted).unwrap();
+        write_atomic(&target, b"new\n", 0o644).unwrap();
+        assert_eq!(fs::read(&victim).unwrap(), b"keep", "the link was followed");
+        assert_eq!(fs::read(&target).unwrap(), b"new\n");
+        assert!(
+            fs::symlink_metadata(&planted).is_err(),
+            "the temporary name is left behind"
+        );
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(&target).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o644);
     }
 }
