@@ -2,6 +2,7 @@
 """Checks that every statement of an old README is still in README.md or docs/*.md.
 
 Usage: docs/tools/check-coverage.py OLD_README [docs/tools/reworded.txt]
+where OLD_README is, for the split into docs/, `git show 1f96838:README.md` saved to a file.
 
 A statement is a sentence of prose, a table row or a line of a code block. Each must appear,
 modulo whitespace, Markdown emphasis, links and list markers, in the new README.md or a file of
