@@ -44,7 +44,11 @@ install-files: build
 	install -D -m 644 -t $(DESTDIR)$(SYSUSERSDIR) sysusers.d/*.conf
 	install -D -m 644 -t $(DESTDIR)$(TMPFILESDIR) tmpfiles.d/*.conf
 	install -D -m 644 -t $(DESTDIR)$(POLKITDIR) polkit/*.rules
+	@# The docs keep the repository's layout, so that the links between them hold once installed
+	@# (the units' Documentation= lines point into $(DOCDIR)/docs).
 	install -D -m 644 -t $(DESTDIR)$(DOCDIR) README.md
+	install -D -m 644 -t $(DESTDIR)$(DOCDIR)/docs docs/*.md
+	install -D -m 644 -t $(DESTDIR)$(DOCDIR)/benches benches/README.md
 	for f in logrotate/*; do [ -e "$$f" ] || continue; install -D -m 644 "$$f" "$(DESTDIR)$(LOGROTATEDIR)/$${f#logrotate/}"; done
 	install -D -m 644 -t $(DESTDIR)$(MANDIR)/man1 man/*.1
 	install -D -m 644 -t $(DESTDIR)$(MANDIR)/man8 man/*.8

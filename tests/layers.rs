@@ -1,5 +1,5 @@
 //! The architecture's dependency directions, checked: every `crate::` path in the library's
-//! code (tests left out) must point at a module its layer may use (README, "Architecture"), and
+//! code (tests left out) must point at a module its layer may use (docs/architecture.md), and
 //! the HTTP core must name no service, user or polkit.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -112,7 +112,7 @@ fn modules_use_only_the_layers_they_may() {
         let module = first.trim_end_matches(".rs").to_string();
         let Some(may) = allowed(&module) else {
             wrong.push(format!(
-                "{}: module {module} has no layer: add it to tests/layers.rs and the README",
+                "{}: module {module} has no layer: add it to tests/layers.rs and docs/architecture.md",
                 rel.display()
             ));
             continue;
@@ -129,7 +129,7 @@ fn modules_use_only_the_layers_they_may() {
         "dependencies against the layers:\n{}",
         wrong.join("\n")
     );
-    // The check sees the code: the edges the README names are there.
+    // The check sees the code: the edges docs/architecture.md names are there.
     assert!(uses["inference"].contains("shutdown"), "{uses:?}");
     assert!(uses["http"].contains("systemd"), "{uses:?}");
 }
