@@ -49,7 +49,7 @@ tier() {
 }
 
 tier "unit tests (cargo test)" cargo test --locked
-# The package as Debian's checker sees it: no error (the warnings kept are listed in the README).
+# The package as Debian's checker sees it: no error (the warnings kept are listed in docs/packaging.md).
 tier "package (make deb, lintian)" sh -c 'deb=$(make -s deb | tail -n1) && lintian --fail-on error "$deb" && echo "1 passed, 0 failed"'
 tier "e2e suite on booted systemd (nspawn: 252, 257)" make -s e2e
 tier "VM tier (cgroup v2, RTC, qemu)" make -s e2e-vm

@@ -68,7 +68,7 @@ fn installed_units() -> Result<Vec<String>> {
 
 fn units_verify_and_report_exposure(s: &Sandbox) -> Result<()> {
     let units = installed_units()?;
-    // model-proxy@.socket takes its port from a per-model drop-in, as the README shows.
+    // model-proxy@.socket takes its port from a per-model drop-in, as docs/inference.md shows.
     s.ok("mkdir -p '/run/systemd/system/model-proxy@example.socket.d' && \
           printf '[Socket]\\nListenStream=18080\\n' > '/run/systemd/system/model-proxy@example.socket.d/port.conf'")?;
     let quoted: Vec<String> = units.iter().map(|u| format!("'{u}'")).collect();
