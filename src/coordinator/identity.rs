@@ -93,7 +93,7 @@ pub fn judge(peer: &Peer, gate: &Path) -> Result<Candidate, NotAGate> {
         return Err(impostor(ONLY_THE_MAIN_PROCESS.into()));
     }
     match &peer.exe {
-        Ok(exe) if exe == gate => {}
+        Ok(exe) if runs(exe, gate) => {}
         Ok(exe) => {
             return Err(impostor(format!(
                 "{ONLY_THE_MAIN_PROCESS}, while it runs {}: this process runs {}",
@@ -116,6 +116,15 @@ pub fn judge(peer: &Peer, gate: &Path) -> Result<Candidate, NotAGate> {
         pid: peer.pid,
         start_usec,
     })
+}
+
+/// Whether `exe` (a `/proc/PID/exe` link) is `gate`: the file, or the file that was there when
+/// the process started and has since been replaced (an upgrade: the kernel adds " (deleted)").
+/// Only root can write where the gate is installed, so either is the gate.
+pub fn runs(exe: &Path, gate: &Path) -> bool {
+    exe == gate
+        || exe.as_os_str().as_encoded_bytes()
+            == [gate.as_os_str().as_encoded_bytes(), b" (deleted)"].concat()
 }
 
 /// The installed gate, as [`judge`] compares it.
@@ -197,6 +206,13 @@ mod tests {
         );
         assert!(err.why().starts_with(ONLY_THE_MAIN_PROCESS), "{err:?}");
         assert!(err.why().contains("/usr/bin/python3.11"), "{err:?}");
+        // A gate that kept running through an upgrade of the package is still the gate.
+        let upgraded = Peer {
+            exe: Ok(PathBuf::from("/usr/bin/brain-admit (deleted)")),
+            ..gate_peer()
+        };
+        assert!(judge(&upgraded, gate).is_ok());
+        assert!(!runs(Path::new("/usr/bin/brain-admit2"), gate));
         // An executable that cannot be read is no proof either.
         let hidden = Peer {
             exe: Err(std::io::ErrorKind::PermissionDenied),

@@ -122,7 +122,7 @@ impl Coordinator {
                 continue;
             };
             let exe = std::fs::read_link(format!("/proc/{pid}/exe"));
-            if exe.is_ok_and(|e| e != Path::new(GATE))
+            if exe.is_ok_and(|e| !super::identity::runs(&e, Path::new(GATE)))
                 && let Some(start) = crate::systemd::procfs::start_usec(pid)
             {
                 self.admissions.record(&unit.name, start);
