@@ -105,11 +105,17 @@ impl Coordinator {
             })
     }
 
-    /// After a restart of the coordinator: the units whose main process no longer runs the gate
-    /// were admitted (by an earlier instance), and are recorded so, so that one that runs the
-    /// gate again later is told apart from a gate that waits. One batch of `MainPID` reads.
+    /// After a restart of the coordinator: the active units whose main process no longer runs
+    /// the gate were admitted (by an earlier instance), and are recorded so, so that one that
+    /// runs the gate again later is told apart from a gate that waits. Only active ones: a unit
+    /// still activating has had no answer, and its main process may not have become the gate
+    /// yet (systemd's own fork, before its `exec`). One batch of `MainPID` reads.
     pub fn recall_admissions(&mut self) {
-        let units: Vec<UnitRow> = self.experiments().into_iter().filter(has_process).collect();
+        let units: Vec<UnitRow> = self
+            .experiments()
+            .into_iter()
+            .filter(UnitRow::is_up)
+            .collect();
         let requests: Vec<_> = units
             .iter()
             .map(|u| (&u.path, &[Prop::MainPID][..]))

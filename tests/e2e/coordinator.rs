@@ -578,7 +578,8 @@ fn a_bad_configuration_is_a_clear_error_not_a_loop(s: &Sandbox) -> Result<()> {
     Ok(())
 }
 
-/// A running experiment names itself `brain-admit` (`prctl(PR_SET_NAME)`) and asks to queue:
+/// A running experiment names itself `brain-admit` (as `prctl(PR_SET_NAME)` does, through
+/// `/proc/self/comm`) and asks to queue:
 /// it is refused, by its executable, and keeps counting (against the limit, in the shutdown
 /// inhibitor, in the status line). One that runs the real gate again is refused by the record
 /// of admitted main processes: its gate exits 78 and the unit fails, with no restart.
@@ -587,10 +588,10 @@ fn a_forged_gate_is_refused_and_stays_counted(s: &Sandbox) -> Result<()> {
     s.ok(&format!(
         "cat > /usr/local/bin/forged-gate <<'EOF'
 #!/usr/bin/python3
-import ctypes, os, shutil, socket, sys, time
-libc = ctypes.CDLL(None, use_errno=True)
-# PR_SET_NAME: /proc/self/comm becomes the gate's name.
-libc.prctl(15, b'brain-admit', 0, 0, 0)
+import os, shutil, socket, sys, time
+# What prctl(PR_SET_NAME, 'brain-admit') does (the kernel's set_task_comm), without ctypes,
+# which python3-minimal lacks.
+with open('/proc/self/comm', 'w') as f: f.write('brain-admit')
 print('named', open('/proc/self/comm').read().strip(), flush=True)
 c = socket.socket(socket.AF_UNIX)
 c.connect('/run/brain-in-jar/admission.sock')
