@@ -3,6 +3,7 @@
 //! systemd does the work; this library is the thin, validated glue: it parses, validates,
 //! decides and calls systemd. The binaries in `src/bin/` are thin wrappers around it.
 
+pub mod admission;
 pub mod cli;
 pub mod completions;
 pub mod coordinator;

@@ -3,7 +3,7 @@
 //! admitted, becomes COMMAND by `exec`; while queued it tells systemd it is ready and shows its
 //! place in the queue as the unit's status; refused, it exits with the coordinator's reason.
 
-use homelab::coordinator::{self, Answer};
+use homelab::admission::{self, Answer};
 use sd_notify::NotifyState;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -16,7 +16,7 @@ fn main() -> ExitCode {
             "usage: brain-admit COMMAND [ARGS...]\n\
              Waits until the experiment coordinator admits this unit, then runs COMMAND in its\n\
              place (the ExecStart= of experiment units, with Type=notify). Exit status {}: refused.",
-            coordinator::EXIT_REFUSED
+            admission::EXIT_REFUSED
         );
         return if args.is_empty() {
             ExitCode::from(2)
@@ -25,7 +25,7 @@ fn main() -> ExitCode {
         };
     }
     let mut ready = false;
-    let last = coordinator::gate(Path::new(coordinator::SOCKET), |answer| {
+    let last = admission::gate::ask(Path::new(admission::SOCKET), |answer| {
         if let Answer::Queued(why) = answer {
             if !ready {
                 homelab::log_info!("{why}");
@@ -39,7 +39,7 @@ fn main() -> ExitCode {
         Answer::Refused(why) => {
             homelab::log_err!("refused by the coordinator: {why}");
             let _ = sd_notify::notify(&[NotifyState::Status(&format!("refused: {why}"))]);
-            ExitCode::from(coordinator::EXIT_REFUSED)
+            ExitCode::from(admission::EXIT_REFUSED)
         }
         _ => {
             if ready {

@@ -25,7 +25,7 @@ const EXIT_CONFIG: u8 = 78;
 fn main() -> ExitCode {
     let args = Args::parse();
     if let Err(e) = Config::load(&args.config) {
-        homelab::log_err!("bad configuration: {e}");
+        homelab::log_err!("bad configuration: {e:#}");
         return ExitCode::from(EXIT_CONFIG);
     }
     if args.check_config {
@@ -33,6 +33,6 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     // The one bus connection of the process, connected on first use.
-    let bus = homelab::systemd::Bus::system();
-    homelab::cli::run(|| coordinator::run(&args.config, &bus))
+    let bus = std::sync::Arc::new(homelab::systemd::Bus::system());
+    homelab::cli::run(|| coordinator::run(&args.config, bus))
 }

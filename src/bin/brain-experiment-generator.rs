@@ -63,7 +63,7 @@ fn generate(dir: &Path, out: &Path) -> std::io::Result<()> {
                 ),
             )?;
         }
-        Err(e) => log(3, &format!("no RAM budget for {SLICE}: {e}")),
+        Err(e) => log(3, &format!("no RAM budget for {SLICE}: {e:#}")),
     }
     let (experiments, bad) = config::load_all(dir);
     for (path, why) in bad {

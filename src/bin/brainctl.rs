@@ -78,11 +78,11 @@ enum Command {
     Completions { shell: homelab::completions::Shell },
 }
 
-fn parse_memory(s: &str) -> Result<u64, String> {
+fn parse_memory(s: &str) -> anyhow::Result<u64> {
     config::parse_size(s)
 }
 
-fn parse_cpu(s: &str) -> Result<u32, String> {
+fn parse_cpu(s: &str) -> anyhow::Result<u32> {
     parse_percent(s)
 }
 
@@ -112,7 +112,7 @@ fn main() -> ExitCode {
         };
     }
     // The one bus connection of the process, connected on first use.
-    let m = ExperimentManager::new(homelab::systemd::Bus::system());
+    let m = ExperimentManager::new(std::sync::Arc::new(homelab::systemd::Bus::system()));
     let result = match cli.command {
         Command::Start { id } => m.start_experiment(&id).map(|u| started(&m, &id, &u)),
         Command::Stop { id } => m.stop_experiment(&id).map(|u| match u {

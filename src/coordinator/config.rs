@@ -1,5 +1,6 @@
 //! `/etc/brain-in-jar/coordinator.env`: the original coordinator's keys and defaults, validated at start.
 
+use anyhow::{Context, anyhow, bail};
 use std::path::{Path, PathBuf};
 
 pub const DEFAULT_PATH: &str = "/etc/brain-in-jar/coordinator.env";
@@ -31,19 +32,20 @@ impl Default for Config {
 }
 
 impl Config {
-    pub fn load(path: &Path) -> Result<Config, String> {
+    /// The file at `path`, or the defaults where there is none.
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
         match std::fs::read_to_string(path) {
-            Ok(text) => Config::parse(&text).map_err(|e| format!("{}: {e}", path.display())),
+            Ok(text) => Config::parse(&text).with_context(|| path.display().to_string()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Config::default()),
-            Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+            Err(e) => Err(anyhow!("cannot read {}: {e}", path.display())),
         }
     }
 
-    pub fn parse(text: &str) -> Result<Config, String> {
+    pub fn parse(text: &str) -> anyhow::Result<Config> {
         let mut c = Config::default();
         for (key, value) in crate::envfile::parse(text) {
             let v = value.trim();
-            let bad = |what: &str| format!("{key}={v:?}: {what}");
+            let bad = |what: &str| anyhow!("{key}={v:?}: {what}");
             match key.as_str() {
                 "MAX_CONCURRENT_EXPERIMENTS" => {
                     c.max_concurrent = v
@@ -82,24 +84,25 @@ impl Config {
                         .map(PathBuf::from)
                         .collect();
                     if let Some(p) = c.temperature_sources.iter().find(|p| !p.is_absolute()) {
-                        return Err(format!(
+                        bail!(
                             "TEMPERATURE_SOURCES: {} is not an absolute path",
                             p.display()
-                        ));
+                        );
                     }
                 }
                 _ => {
-                    return Err(format!(
+                    bail!(
                         "unknown key {key}: use MAX_CONCURRENT_EXPERIMENTS, TOTAL_RAM_LIMIT_GB, THROTTLE_TEMP_CELSIUS, CRITICAL_TEMP_CELSIUS, TEMPERATURE_CHECK_INTERVAL_SECONDS, TEMPERATURE_SOURCES"
-                    ));
+                    );
                 }
             }
         }
         if c.critical_celsius <= c.throttle_celsius {
-            return Err(format!(
+            bail!(
                 "CRITICAL_TEMP_CELSIUS ({}) must be above THROTTLE_TEMP_CELSIUS ({})",
-                c.critical_celsius, c.throttle_celsius
-            ));
+                c.critical_celsius,
+                c.throttle_celsius
+            );
         }
         Ok(c)
     }
@@ -146,7 +149,7 @@ mod tests {
             ("MAX_EXPERIMENTS=3", "unknown key"),
         ] {
             let e = Config::parse(text).unwrap_err();
-            assert!(e.contains(needle), "{text}: {e}");
+            assert!(e.to_string().contains(needle), "{text}: {e}");
         }
     }
 }

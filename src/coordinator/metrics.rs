@@ -8,7 +8,7 @@
 //! can serve. The file is replaced atomically and only when a figure changed.
 
 use crate::metrics::{self, Kind, Writer};
-use crate::systemd::{Bus, Prop};
+use crate::systemd::{Prop, Systemd};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -54,11 +54,11 @@ pub struct Experiment {
 
 /// Memory and CPU of `unit` (object path `path`): one pipelined batch of property reads.
 pub fn measure(
-    bus: &Bus,
+    sd: &dyn Systemd,
     path: &zbus::zvariant::OwnedObjectPath,
     unit: &str,
 ) -> (Option<u64>, Option<f64>) {
-    let Ok(mut states) = bus.states(&[(path, &[Prop::MainPID, Prop::CPUUsageNSec])]) else {
+    let Ok(mut states) = sd.states(&[(path, &[Prop::MainPID, Prop::CPUUsageNSec])]) else {
         return (None, None);
     };
     let Some(state) = states.pop() else {

@@ -2,6 +2,7 @@
 //! (and why), which are refused; and the thermal state, with hysteresis.
 
 use super::config::Config;
+use crate::admission::QueuedStatus;
 
 /// Degrees below a threshold the hottest source must fall before the state eases.
 pub const HYSTERESIS_CELSIUS: f64 = 5.0;
@@ -137,12 +138,12 @@ pub fn decide(
 /// What one evaluation does, in the order the gates started.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Evaluation {
-    /// Admit these: apply their `.env` limits, then tell them `OK`.
+    /// Admit these: apply their `.env` limits, then tell them so.
     pub admit: Vec<String>,
-    /// Refuse these, with why (`REFUSE <why>`).
+    /// Refuse these, with why ([`crate::admission::Answer::Refused`]).
     pub refuse: Vec<(String, String)>,
-    /// Tell these waiting gates their new status line (`WAIT <line>`); a gate whose line has
-    /// not changed is not told again.
+    /// Tell these waiting gates their new status ([`crate::admission::Answer::Queued`]); a
+    /// gate whose status has not changed is not told again.
     pub tell: Vec<(String, String)>,
 }
 
@@ -159,6 +160,7 @@ pub fn evaluate(
         .iter()
         .filter(|(_, v)| matches!(v, Verdict::Wait(_)))
         .count();
+    let queued = u32::try_from(queued).unwrap_or(u32::MAX);
     let mut out = Evaluation::default();
     let mut position = 0;
     for (unit, verdict) in verdicts {
@@ -167,7 +169,12 @@ pub fn evaluate(
             Verdict::Refuse(why) => out.refuse.push((unit, why)),
             Verdict::Wait(why) => {
                 position += 1;
-                let line = queued_status(position, queued, &why);
+                let line = QueuedStatus {
+                    position,
+                    of: queued,
+                    why,
+                }
+                .to_string();
                 let told = waiting
                     .iter()
                     .find(|w| w.unit == unit)
@@ -179,20 +186,6 @@ pub fn evaluate(
         }
     }
     out
-}
-
-/// A queued experiment's status (its unit's `StatusText`, which `systemctl status` shows):
-/// `queued, position P of N: why`.
-pub fn queued_status(position: usize, of: usize, why: &str) -> String {
-    format!("queued, position {position} of {of}: {why}")
-}
-
-/// The position and reason in a status written by [`queued_status`]; `None` for any other text.
-pub fn parse_queued_status(text: &str) -> Option<(u32, String)> {
-    let rest = text.strip_prefix("queued, position ")?;
-    let (position, rest) = rest.split_once(" of ")?;
-    let (_, why) = rest.split_once(": ")?;
-    Some((position.parse().ok()?, why.to_string()))
 }
 
 #[cfg(test)]
@@ -302,21 +295,6 @@ mod tests {
             e.refuse
         );
         assert!(e.admit.is_empty() && e.tell.is_empty());
-    }
-
-    #[test]
-    fn queued_status_round_trips() {
-        let text = queued_status(2, 3, "behind brain-experiment@a.service");
-        assert_eq!(
-            text,
-            "queued, position 2 of 3: behind brain-experiment@a.service"
-        );
-        assert_eq!(
-            parse_queued_status(&text),
-            Some((2, "behind brain-experiment@a.service".into()))
-        );
-        assert_eq!(parse_queued_status("running"), None);
-        assert_eq!(parse_queued_status(""), None);
     }
 
     #[test]

@@ -57,8 +57,8 @@ mod tests {
 
     #[test]
     fn reads_millidegrees_and_picks_the_hottest() {
-        let dir = std::env::temp_dir().join(format!("homelab-thermal-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
         let (a, b, c) = (dir.join("a"), dir.join("b"), dir.join("c"));
         std::fs::write(&a, "45000\n").unwrap();
         std::fs::write(&b, "76500\n").unwrap();
@@ -69,6 +69,5 @@ mod tests {
             hottest(&[a.clone(), b.clone(), c, dir.join("missing")]),
             Some((b, 76.5))
         );
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -2,6 +2,7 @@
 //! generator turns it into (a drop-in with real cgroup limits, and the target's wants).
 
 use crate::systemd::{escape, quota};
+use anyhow::{Context, anyhow, bail};
 use std::path::{Path, PathBuf};
 
 pub const EXPERIMENTS_DIR: &str = "/etc/brain-in-jar/experiments";
@@ -100,12 +101,12 @@ pub fn id_of(unit: &str) -> Option<String> {
 }
 
 /// Letters, digits, `_`, `-`, `.`; no path separators; at most 64 bytes.
-pub fn validate_id(id: &str) -> Result<(), String> {
-    escape::validate_name("experiment id", id, ID_MAX)
+pub fn validate_id(id: &str) -> anyhow::Result<()> {
+    escape::validate_name("experiment id", id, ID_MAX).map_err(anyhow::Error::msg)
 }
 
 /// A size as systemd's `MemoryMax=` takes it: bytes, or a number with K, M, G, T (powers of 1024).
-pub fn parse_size(s: &str) -> Result<u64, String> {
+pub fn parse_size(s: &str) -> anyhow::Result<u64> {
     let s = s.trim();
     let (num, mult) = match s.char_indices().last() {
         Some((i, c)) if c.is_ascii_alphabetic() => {
@@ -115,9 +116,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
                 'G' => 1 << 30,
                 'T' => 1 << 40,
                 _ => {
-                    return Err(format!(
-                        "{s:?} is not a size: use bytes or K, M, G, T, e.g. 8G"
-                    ));
+                    bail!("{s:?} is not a size: use bytes or K, M, G, T, e.g. 8G");
                 }
             };
             (&s[..i], mult)
@@ -130,35 +129,35 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .filter(|v: &f64| {
             v.is_finite() && *v > 0.0 && num.chars().all(|c| c.is_ascii_digit() || c == '.')
         })
-        .ok_or_else(|| format!("{s:?} is not a size: use bytes or K, M, G, T, e.g. 8G"))?;
+        .ok_or_else(|| anyhow!("{s:?} is not a size: use bytes or K, M, G, T, e.g. 8G"))?;
     let bytes = value * mult as f64;
     if bytes < 1.0 || bytes > (1u64 << 50) as f64 {
-        return Err(format!("{s:?} is out of range: use 1 byte to 1024T"));
+        bail!("{s:?} is out of range: use 1 byte to 1024T");
     }
     Ok(bytes as u64)
 }
 
 /// A CPU quota as `CPUQuota=` takes it: `N%`, N from 1 to 100000 (1000 CPUs).
-pub fn parse_percent(s: &str) -> Result<u32, String> {
+pub fn parse_percent(s: &str) -> anyhow::Result<u32> {
     let s = s.trim();
     s.strip_suffix('%')
         .and_then(|n| n.parse::<u32>().ok())
         .filter(|n| (1..=100_000).contains(n))
         .ok_or_else(|| {
-            format!("{s:?} is not a CPU quota: use a percentage of one CPU, e.g. 100% or 250%")
+            anyhow!("{s:?} is not a CPU quota: use a percentage of one CPU, e.g. 100% or 250%")
         })
 }
 
-fn parse_bool(key: &str, v: &str) -> Result<bool, String> {
+fn parse_bool(key: &str, v: &str) -> anyhow::Result<bool> {
     match v.trim().to_ascii_lowercase().as_str() {
         "yes" | "true" | "1" | "on" => Ok(true),
         "no" | "false" | "0" | "off" => Ok(false),
-        other => Err(format!("{key}={other:?}: use yes or no")),
+        other => Err(anyhow!("{key}={other:?}: use yes or no")),
     }
 }
 
 /// Parses one experiment's `.env` text.
-pub fn parse(id: &str, text: &str) -> Result<Experiment, String> {
+pub fn parse(id: &str, text: &str) -> anyhow::Result<Experiment> {
     validate_id(id)?;
     let env = crate::envfile::parse(text);
     let get = |k: &str| {
@@ -168,27 +167,24 @@ pub fn parse(id: &str, text: &str) -> Result<Experiment, String> {
             .map(|(_, v)| v.as_str())
     };
     let memory_max = match get("EXPERIMENT_RAM_LIMIT") {
-        Some(v) => parse_size(v).map_err(|e| format!("EXPERIMENT_RAM_LIMIT: {e}"))?,
+        Some(v) => parse_size(v).context("EXPERIMENT_RAM_LIMIT")?,
         None => DEFAULT_RAM,
     };
     let cpu_quota_percent = get("EXPERIMENT_CPU_QUOTA")
-        .map(|v| parse_percent(v).map_err(|e| format!("EXPERIMENT_CPU_QUOTA: {e}")))
+        .map(|v| parse_percent(v).context("EXPERIMENT_CPU_QUOTA"))
         .transpose()?;
     let command_line = get("EXPERIMENT_COMMAND")
         .filter(|c| !c.trim().is_empty())
-        .ok_or("EXPERIMENT_COMMAND is missing: give the command line to run, e.g. EXPERIMENT_COMMAND=/usr/bin/python3 -m brain.run")?;
+        .ok_or_else(|| anyhow!("EXPERIMENT_COMMAND is missing: give the command line to run, e.g. EXPERIMENT_COMMAND=/usr/bin/python3 -m brain.run"))?;
     let command =
-        crate::exec::split_words(command_line).map_err(|e| format!("EXPERIMENT_COMMAND: {e}"))?;
+        crate::exec::split_words(command_line).map_err(|e| anyhow!("EXPERIMENT_COMMAND: {e}"))?;
     let config = get("EXPERIMENT_CONFIG")
         .filter(|c| !c.is_empty())
         .map(PathBuf::from);
     if let Some(c) = &config
         && !c.is_absolute()
     {
-        return Err(format!(
-            "EXPERIMENT_CONFIG={}: use an absolute path",
-            c.display()
-        ));
+        bail!("EXPERIMENT_CONFIG={}: use an absolute path", c.display());
     }
     let gpu = get("EXPERIMENT_GPU")
         .map(|v| parse_bool("EXPERIMENT_GPU", v))
@@ -229,23 +225,23 @@ pub fn load_all(dir: &Path) -> (Vec<Experiment>, Vec<(PathBuf, String)>) {
             continue; // hidden files (editor backups) are not experiments
         }
         let result = std::fs::read_to_string(&path)
-            .map_err(|e| e.to_string())
+            .map_err(anyhow::Error::from)
             .and_then(|text| parse(id, &text));
         match result {
             Ok(e) => good.push(e),
-            Err(why) => bad.push((path.clone(), why)),
+            Err(why) => bad.push((path.clone(), format!("{why:#}"))),
         }
     }
     (good, bad)
 }
 
 /// One experiment by id, from `dir`.
-pub fn load(dir: &Path, id: &str) -> Result<Experiment, String> {
+pub fn load(dir: &Path, id: &str) -> anyhow::Result<Experiment> {
     validate_id(id)?;
     let path = dir.join(format!("{id}.env"));
     let text = std::fs::read_to_string(&path)
-        .map_err(|e| format!("no experiment {id:?}: cannot read {} ({e})", path.display()))?;
-    parse(id, &text).map_err(|e| format!("{}: {e}", path.display()))
+        .map_err(|e| anyhow!("no experiment {id:?}: cannot read {} ({e})", path.display()))?;
+    parse(id, &text).with_context(|| path.display().to_string())
 }
 
 /// The most an experiment's `.env` may hold when root reads it.
@@ -253,14 +249,14 @@ const ENV_MAX_BYTES: u64 = 64 * 1024;
 
 /// One experiment by id, read as a process running as root must read a configuration file
 /// (see [`crate::statefile::read_root_owned`]): the coordinator reads it again at each start.
-pub fn load_trusted(dir: &Path, id: &str) -> Result<Experiment, String> {
+pub fn load_trusted(dir: &Path, id: &str) -> anyhow::Result<Experiment> {
     validate_id(id)?;
     let path = dir.join(format!("{id}.env"));
     let bytes = crate::statefile::read_root_owned(&path, ENV_MAX_BYTES)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        .map_err(|e| anyhow!("cannot read {}: {e}", path.display()))?;
     let text =
-        String::from_utf8(bytes).map_err(|_| format!("{} is not UTF-8 text", path.display()))?;
-    parse(id, &text).map_err(|e| format!("{}: {e}", path.display()))
+        String::from_utf8(bytes).map_err(|_| anyhow!("{} is not UTF-8 text", path.display()))?;
+    parse(id, &text).with_context(|| path.display().to_string())
 }
 
 #[cfg(test)]
@@ -355,7 +351,7 @@ mod tests {
             ("a b", "EXPERIMENT_COMMAND=/bin/true", "experiment id"),
             ("x*", "EXPERIMENT_COMMAND=/bin/true", "experiment id"),
         ] {
-            let e = parse(id, text).unwrap_err();
+            let e = format!("{:#}", parse(id, text).unwrap_err());
             assert!(e.contains(needle), "{text}: {e}");
         }
         assert!(validate_id(&"a".repeat(65)).is_err());
@@ -380,23 +376,26 @@ mod tests {
 
     #[test]
     fn a_folder_of_env_files() {
-        let dir = std::env::temp_dir().join(format!("homelab-exp-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
         std::fs::write(dir.join("good.env"), "EXPERIMENT_COMMAND=/bin/true\n").unwrap();
         std::fs::write(dir.join("bad.env"), "EXPERIMENT_RAM_LIMIT=x\n").unwrap();
         std::fs::write(dir.join("a b.env"), "EXPERIMENT_COMMAND=/bin/true\n").unwrap();
         std::fs::write(dir.join("notes.txt"), "x").unwrap();
-        let (good, bad) = load_all(&dir);
+        let (good, bad) = load_all(dir);
         assert_eq!(
             good.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
             ["good"]
         );
         assert_eq!(bad.len(), 2);
-        assert!(load(&dir, "good").is_ok());
-        assert!(load(&dir, "missing").unwrap_err().contains("no experiment"));
-        assert!(load(&dir, "../good").is_err());
-        let _ = std::fs::remove_dir_all(&dir);
+        assert!(load(dir, "good").is_ok());
+        assert!(
+            load(dir, "missing")
+                .unwrap_err()
+                .to_string()
+                .contains("no experiment")
+        );
+        assert!(load(dir, "../good").is_err());
     }
 
     #[test]
@@ -406,23 +405,22 @@ mod tests {
         assert!(
             validate_id(&id)
                 .unwrap_err()
+                .to_string()
                 .contains("too long for a unit name")
         );
-        let dir = std::env::temp_dir().join(format!("homelab-exp-long-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
         std::fs::write(dir.join("good.env"), "EXPERIMENT_COMMAND=/bin/true\n").unwrap();
         std::fs::write(
             dir.join(format!("{id}.env")),
             "EXPERIMENT_COMMAND=/bin/true\n",
         )
         .unwrap();
-        let (good, bad) = load_all(&dir);
+        let (good, bad) = load_all(dir);
         assert_eq!(
             good.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
             ["good"]
         );
         assert_eq!(bad.len(), 1);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

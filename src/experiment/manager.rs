@@ -4,11 +4,12 @@ use super::config::{
     self, EXPERIMENTS_DIR, Experiment, TARGET, TEMPLATE_PATTERN, TRANSIENT_PATTERN,
 };
 use super::transient::RunSpec;
-use crate::coordinator::{GATE_COMM, policy};
+use crate::admission::{GATE_COMM, QueuedStatus};
 use crate::systemd::procfs;
-use crate::systemd::{Bus, Prop, ServiceState, SystemdError, UnitRow, Verb};
+use crate::systemd::{Prop, ServiceState, Systemd, SystemdError, UnitRow, Verb};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// What went wrong, by kind, so that a caller (brainctl) can say it and exit accordingly.
 #[derive(Debug, Clone, PartialEq)]
@@ -92,28 +93,38 @@ pub struct ExperimentStatus {
 
 pub struct ExperimentManager {
     dir: PathBuf,
-    bus: Bus,
+    sd: Arc<dyn Systemd>,
+}
+
+/// The id's error, as the kind brainctl tells.
+fn invalid_id(e: anyhow::Error) -> ManagerError {
+    ManagerError::InvalidId(format!("{e:#}"))
 }
 
 impl ExperimentManager {
-    pub fn new(bus: Bus) -> ExperimentManager {
+    pub fn new(sd: Arc<dyn Systemd>) -> ExperimentManager {
+        ExperimentManager::with_dir(sd, Path::new(EXPERIMENTS_DIR))
+    }
+
+    /// A manager of the experiments whose `.env` files are in `dir`.
+    pub fn with_dir(sd: Arc<dyn Systemd>, dir: &Path) -> ExperimentManager {
         ExperimentManager {
-            dir: PathBuf::from(EXPERIMENTS_DIR),
-            bus,
+            dir: dir.to_path_buf(),
+            sd,
         }
     }
 
     fn configured(&self, id: &str) -> Result<Experiment> {
-        config::validate_id(id).map_err(ManagerError::InvalidId)?;
-        config::load(&self.dir, id).map_err(ManagerError::Unknown)
+        config::validate_id(id).map_err(invalid_id)?;
+        config::load(&self.dir, id).map_err(|e| ManagerError::Unknown(format!("{e:#}")))
     }
 
     /// The unit an id means now: its transient unit when one is loaded and not dead, else the
     /// template instance (which must have a `.env`).
     fn unit_for(&self, id: &str) -> Result<String> {
-        config::validate_id(id).map_err(ManagerError::InvalidId)?;
+        config::validate_id(id).map_err(invalid_id)?;
         let transient = config::transient_unit(id);
-        let loaded = self.bus.list_units(&[&transient])?;
+        let loaded = self.sd.list_units(&[&transient])?;
         if loaded.iter().any(|u| u.active_state != "inactive") {
             return Ok(transient);
         }
@@ -125,7 +136,7 @@ impl ExperimentManager {
     /// the coordinator's reason when it refuses it.
     pub fn start_experiment(&self, id: &str) -> Result<String> {
         let unit = self.configured(id)?.unit();
-        self.bus.run_and_wait(Verb::Start, &unit, None)?;
+        self.sd.run_and_wait(Verb::Start, &unit, None)?;
         Ok(unit)
     }
 
@@ -134,37 +145,37 @@ impl ExperimentManager {
     pub fn stop_experiment(&self, id: &str) -> Result<Option<String>> {
         let unit = self.unit_for(id)?;
         let running = self
-            .bus
+            .sd
             .list_units(&[&unit])?
             .iter()
             .any(|u| !matches!(u.active_state.as_str(), "inactive" | "failed"));
         if !running {
             return Ok(None);
         }
-        self.bus.run_and_wait(Verb::Stop, &unit, None)?;
+        self.sd.run_and_wait(Verb::Stop, &unit, None)?;
         Ok(Some(unit))
     }
 
     pub fn restart_experiment(&self, id: &str) -> Result<String> {
         let unit = self.unit_for(id)?;
-        self.bus.run_and_wait(Verb::Restart, &unit, None)?;
+        self.sd.run_and_wait(Verb::Restart, &unit, None)?;
         Ok(unit)
     }
 
     /// Starts every enabled experiment (`brain-experiment.target`).
     pub fn start_all(&self) -> Result<()> {
-        Ok(self.bus.run_and_wait(Verb::Start, TARGET, None)?)
+        Ok(self.sd.run_and_wait(Verb::Start, TARGET, None)?)
     }
 
     /// Stops every experiment, template and transient (they are all `PartOf=` the target).
     pub fn stop_all(&self) -> Result<()> {
-        Ok(self.bus.run_and_wait(Verb::Stop, TARGET, None)?)
+        Ok(self.sd.run_and_wait(Verb::Stop, TARGET, None)?)
     }
 
     /// `systemctl enable brain-experiment@<id>`: it starts with the target, at boot too.
     pub fn enable_experiment(&self, id: &str) -> Result<String> {
         let unit = self.configured(id)?.unit();
-        self.bus.enable(&unit)?;
+        self.sd.enable(&unit)?;
         Ok(unit)
     }
 
@@ -173,7 +184,7 @@ impl ExperimentManager {
     pub fn disable_experiment(&self, id: &str) -> Result<String> {
         let e = self.configured(id)?;
         let unit = e.unit();
-        self.bus.disable(&unit)?;
+        self.sd.disable(&unit)?;
         if e.enabled {
             return Err(ManagerError::Invalid(format!(
                 "{unit} still starts with {TARGET}: {}/{id}.env says EXPERIMENT_ENABLED=yes; remove that line",
@@ -186,16 +197,18 @@ impl ExperimentManager {
     /// Creates the transient unit and waits for its start job, as `systemd-run` does: it ends
     /// once the coordinator has admitted or queued it, and fails when it refuses it.
     pub fn run_experiment(&self, spec: RunSpec) -> Result<String> {
-        config::validate_id(&spec.id).map_err(ManagerError::InvalidId)?;
-        let spec = spec.validate().map_err(ManagerError::Invalid)?;
+        config::validate_id(&spec.id).map_err(invalid_id)?;
+        let spec = spec
+            .validate()
+            .map_err(|e| ManagerError::Invalid(format!("{e:#}")))?;
         let unit = spec.unit();
-        self.bus.start_transient_and_wait(&unit, &spec.settings())?;
+        self.sd.start_transient_and_wait(&unit, &spec.settings())?;
         Ok(unit)
     }
 
     /// Status of one experiment.
     pub fn get_status(&self, id: &str) -> Result<ExperimentStatus> {
-        config::validate_id(id).map_err(ManagerError::InvalidId)?;
+        config::validate_id(id).map_err(invalid_id)?;
         let mut mine = self.statuses(Some(id))?;
         // A live transient unit wins over an idle template instance.
         mine.sort_by_key(|s| (s.active_state == "inactive", s.kind != "transient"));
@@ -208,7 +221,7 @@ impl ExperimentManager {
     }
 
     /// Every experiment: the loaded units (one `ListUnitsByPatterns` call, then their properties
-    /// in one pipelined batch, see [`Bus::states`]), and the configured ones that have no
+    /// in one pipelined batch, see [`Systemd::states`]), and the configured ones that have no
     /// unit loaded.
     pub fn list_experiments(&self) -> Result<Vec<ExperimentStatus>> {
         self.statuses(None)
@@ -222,7 +235,7 @@ impl ExperimentManager {
             .filter(|e| only.is_none_or(|id| e.id == id))
             .collect();
         let units: Vec<(String, UnitRow)> = self
-            .bus
+            .sd
             .list_units(&[TEMPLATE_PATTERN, TRANSIENT_PATTERN])?
             .into_iter()
             .filter_map(|u| Some((config::id_of(&u.name)?, u)))
@@ -232,7 +245,7 @@ impl ExperimentManager {
             .iter()
             .map(|(_, unit)| (&unit.path, wanted_properties(&unit.active_state)))
             .collect();
-        let states = self.bus.states(&requests)?;
+        let states = self.sd.states(&requests)?;
         let mut out = Vec::new();
         for ((id, unit), props) in units.iter().zip(&states) {
             let enabled = configured
@@ -249,7 +262,7 @@ impl ExperimentManager {
             .filter(|(_, s)| s.main_pid.and_then(procfs::comm).as_deref() == Some(GATE_COMM))
             .map(|(i, _)| i)
             .collect();
-        let texts = self.bus.states(
+        let texts = self.sd.states(
             &gates
                 .iter()
                 .map(|&i| (&units[i].1.path, &[Prop::StatusText][..]))
@@ -257,10 +270,10 @@ impl ExperimentManager {
         )?;
         for (i, text) in gates.into_iter().zip(texts) {
             let text = text.status_text.unwrap_or_default();
-            let (position, why) = policy::parse_queued_status(&text).map_or(
-                (None, "waiting for the coordinator".to_string()),
-                |(p, w)| (Some(p), w),
-            );
+            let (position, why) = QueuedStatus::parse(&text)
+                .map_or((None, "waiting for the coordinator".to_string()), |q| {
+                    (Some(q.position), q.why)
+                });
             out[i].queued = Some(why);
             out[i].queue_position = position;
         }

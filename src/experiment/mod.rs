@@ -6,3 +6,6 @@ pub mod manager;
 pub mod transient;
 
 pub use manager::{ExperimentManager, ExperimentStatus};
+
+#[cfg(test)]
+mod tests;

@@ -4,7 +4,9 @@
 //! slice, target, restart policy, user and hardening. Change one, change the other.
 
 use super::config::{GPU_DEVICES, SLICE, TARGET, transient_unit, validate_id};
+use crate::admission::{EXIT_REFUSED, GATE};
 use crate::systemd::transient::{Flag, Setting};
+use anyhow::{anyhow, bail};
 use std::path::PathBuf;
 
 /// Restart policy shared with the template: `Restart=on-failure`, at most 3 starts in 10 min.
@@ -15,8 +17,6 @@ pub const TIMEOUT_STOP_USEC: u64 = 60_000_000;
 /// The wait for the coordinator's first answer (the template's `TimeoutStartSec=90s`).
 pub const TIMEOUT_START_USEC: u64 = 90_000_000;
 pub const USER: &str = "brain";
-/// The admission gate, installed beside brainctl: the first main process, as in the template.
-pub const GATE: &str = concat!(env!("HOMELAB_BINDIR"), "/brain-admit");
 pub const COORDINATOR_SOCKET: &str = "brain-experiment-coordinator.socket";
 
 #[derive(Clone, Debug, PartialEq)]
@@ -37,19 +37,20 @@ impl RunSpec {
 
     /// Checks what the properties are built from; resolves the program through `PATH` as
     /// `systemd-run` does (systemd wants an absolute path).
-    pub fn validate(mut self) -> Result<RunSpec, String> {
+    pub fn validate(mut self) -> anyhow::Result<RunSpec> {
         validate_id(&self.id)?;
         let program = self
             .command
             .first()
-            .ok_or("no command given: brainctl run ID -- COMMAND [ARGS...]")?;
+            .ok_or_else(|| anyhow!("no command given: brainctl run ID -- COMMAND [ARGS...]"))?;
         // As systemd-run does: a missing program is an error now, not a failed unit later.
-        let found = crate::exec::resolve_program(program, std::env::var_os("PATH").as_deref())?;
+        let found = crate::exec::resolve_program(program, std::env::var_os("PATH").as_deref())
+            .map_err(anyhow::Error::msg)?;
         self.command[0] = found.to_string_lossy().into_owned();
         if let Some(c) = &self.config
             && !c.is_absolute()
         {
-            return Err(format!("--config {}: give an absolute path", c.display()));
+            bail!("--config {}: give an absolute path", c.display());
         }
         Ok(self)
     }
@@ -69,7 +70,7 @@ impl RunSpec {
             Type("notify"),
             NotifyAccess("main"),
             TimeoutStartUSec(TIMEOUT_START_USEC),
-            RestartPreventExitStatus(vec![i32::from(crate::coordinator::EXIT_REFUSED)]),
+            RestartPreventExitStatus(vec![i32::from(EXIT_REFUSED)]),
             Wants(vec![COORDINATOR_SOCKET.to_string()]),
             After(vec![COORDINATOR_SOCKET.to_string()]),
             ExecStart {

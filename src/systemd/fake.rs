@@ -193,6 +193,11 @@ impl FakeSystemd {
 }
 
 impl Systemd for FakeSystemd {
+    fn connect(&self) -> Result<(), SystemdError> {
+        let mut inner = self.lock();
+        Self::check(&mut inner, "connect", "")
+    }
+
     fn list_units(&self, patterns: &[&str]) -> Result<Vec<UnitRow>, SystemdError> {
         let mut inner = self.lock();
         Self::check(&mut inner, "list", &patterns.join(" "))?;

@@ -14,6 +14,12 @@ pub type UnitChanges = Box<dyn Iterator<Item = OwnedObjectPath> + Send>;
 
 /// What the project needs of systemd (units, jobs, limits) and of logind (inhibitors).
 pub trait Systemd: Send + Sync {
+    /// Reaches the bus now (if not yet), for a caller that wants to know it is there before a
+    /// series of calls. (A default, so that an implementation without a connection to make
+    /// need not say so.)
+    fn connect(&self) -> Result<(), SystemdError> {
+        Ok(())
+    }
     /// Units matching `patterns` (shell globs), in any state.
     fn list_units(&self, patterns: &[&str]) -> Result<Vec<UnitRow>, SystemdError>;
     /// Enqueues `verb` on `unit` without waiting for the job (as `systemctl --no-block`).
@@ -69,6 +75,9 @@ pub trait Systemd: Send + Sync {
 }
 
 impl Systemd for Bus {
+    fn connect(&self) -> Result<(), SystemdError> {
+        Bus::connect(self)
+    }
     fn list_units(&self, patterns: &[&str]) -> Result<Vec<UnitRow>, SystemdError> {
         Bus::list_units(self, patterns)
     }

@@ -37,6 +37,14 @@ pub const GROUP: Group = Group {
             "a_bad_configuration_is_a_clear_error_not_a_loop",
             a_bad_configuration_is_a_clear_error_not_a_loop,
         ),
+        (
+            "a_forged_gate_is_refused_and_stays_counted",
+            a_forged_gate_is_refused_and_stays_counted,
+        ),
+        (
+            "boot_with_300_enabled_experiments_reaches_running",
+            boot_with_300_enabled_experiments_reaches_running,
+        ),
     ],
 };
 
@@ -567,5 +575,152 @@ fn a_bad_configuration_is_a_clear_error_not_a_loop(s: &Sandbox) -> Result<()> {
     );
     s.ok(&format!("rm /etc/brain-in-jar/coordinator.env && systemctl reset-failed {COORD} && systemctl restart {COORD}"))?;
     ensure_eq!(s.active_state(COORD)?, "active");
+    Ok(())
+}
+
+/// A running experiment names itself `brain-admit` (as `prctl(PR_SET_NAME)` does, through
+/// `/proc/self/comm`) and asks to queue:
+/// it is refused, by its executable, and keeps counting (against the limit, in the shutdown
+/// inhibitor, in the status line). One that runs the real gate again is refused by the record
+/// of admitted main processes: its gate exits 78 and the unit fails, with no restart.
+fn a_forged_gate_is_refused_and_stays_counted(s: &Sandbox) -> Result<()> {
+    setup(s, "MAX_CONCURRENT_EXPERIMENTS=1", &[("next", "128M")])?;
+    s.ok(&format!(
+        "cat > /usr/local/bin/forged-gate <<'EOF'
+#!/usr/bin/python3
+import os, shutil, socket, sys, time
+# What prctl(PR_SET_NAME, 'brain-admit') does (the kernel's set_task_comm), without ctypes,
+# which python3-minimal lacks.
+with open('/proc/self/comm', 'w') as f: f.write('brain-admit')
+print('named', open('/proc/self/comm').read().strip(), flush=True)
+c = socket.socket(socket.AF_UNIX)
+c.connect('/run/brain-in-jar/admission.sock')
+print('forger got', c.recv(1000), flush=True)
+if len(sys.argv) > 1:
+    # The real gate, once more, in the admitted main process's place.
+    gate = shutil.which('brain-admit')
+    os.execv(gate, [gate, '/bin/sleep', 'infinity'])
+time.sleep(3600)
+EOF
+chmod 755 /usr/local/bin/forged-gate && \
+printf 'EXPERIMENT_RAM_LIMIT=128M\\nEXPERIMENT_COMMAND=/usr/local/bin/forged-gate\\n' > {DIR}/forger.env && \
+printf 'EXPERIMENT_RAM_LIMIT=128M\\nEXPERIMENT_COMMAND=/usr/local/bin/forged-gate again\\n' > {DIR}/again.env && \
+systemctl daemon-reload"
+    ))?;
+    s.ok("systemctl start brain-experiment@forger")?;
+    let log = |id: &str| {
+        s.ok(&format!(
+            "journalctl -u brain-experiment@{id} --no-pager -o cat"
+        ))
+    };
+    wait_for("the forger's answer", Duration::from_secs(10), || {
+        Ok(log("forger")?.contains("forger got"))
+    })?;
+    let out = log("forger")?;
+    ensure!(
+        out.contains("named brain-admit")
+            && out.contains("forger got b'REFUSE only the main process of an experiment unit is its gate, while it runs"),
+        "the forger was not refused by its executable: {out}"
+    );
+    let coord = s.ok(&format!("journalctl -u {COORD} --no-pager -o cat"))?;
+    ensure!(
+        coord
+            .lines()
+            .any(|l| l.contains("refused process") && l.contains("brain-experiment@forger.service")),
+        "no journal line for the forger: {coord}"
+    );
+    // It still counts: the next one waits behind it, and the inhibitor names it.
+    ensure_eq!(phase(s, "forger")?, "running");
+    s.ok("systemctl start brain-experiment@next")?;
+    wait_for(
+        "next to be queued behind the forger",
+        Duration::from_secs(10),
+        || Ok(phase(s, "next")? == "queued 1"),
+    )?;
+    ensure!(
+        s.prop(&unit("next"), "StatusText")?
+            .contains("1 of MAX_CONCURRENT_EXPERIMENTS=1 running"),
+        "next waits for another reason"
+    );
+    ensure!(
+        s.ok(&format!("systemctl status {COORD} --no-pager"))?
+            .contains("1 running (max 1), 1 queued"),
+        "the status line does not count the forger"
+    );
+    ensure!(
+        s.ok("systemd-inhibit --list --no-pager")?
+            .contains("experiments running: forger"),
+        "the shutdown inhibitor does not name the forger"
+    );
+    s.ok("systemctl stop brain-experiment@forger brain-experiment@next")?;
+    // The real gate, run again by an admitted main process: the same process (same start
+    // time) asks twice, and is refused.
+    s.ok(&format!(
+        "sed -i 's/MAX_CONCURRENT_EXPERIMENTS=1/MAX_CONCURRENT_EXPERIMENTS=4/' /etc/brain-in-jar/coordinator.env && systemctl reload {COORD}"
+    ))?;
+    s.ok("systemctl start brain-experiment@again")?;
+    wait_for(
+        "the second gate to be refused",
+        Duration::from_secs(15),
+        || Ok(s.active_state(&unit("again"))? == "failed"),
+    )?;
+    let out = log("again")?;
+    ensure!(
+        out.contains("admitted already: its main process may not queue again"),
+        "the second queue request was not refused: {out}"
+    );
+    ensure_eq!(s.prop(&unit("again"), "NRestarts")?, "0");
+    let coord = s.ok(&format!("journalctl -u {COORD} --no-pager -o cat"))?;
+    ensure!(
+        coord.contains("brain-experiment@again.service: admitted already, it asked to queue again"),
+        "no journal line for the second queue request: {coord}"
+    );
+    s.ok(&format!(
+        "systemctl reset-failed {} 2>/dev/null; systemctl stop brain-experiment.target",
+        unit("again")
+    ))?;
+    Ok(())
+}
+
+/// Boot with 300 enabled experiments and a limit of two: the boot reaches `running` (the
+/// container's console is read, so PID 1 never blocks writing boot status to it), with 2
+/// running and 298 queued in `brainctl status`.
+fn boot_with_300_enabled_experiments_reaches_running(s: &Sandbox) -> Result<()> {
+    setup(s, "MAX_CONCURRENT_EXPERIMENTS=2", &[])?;
+    s.ok(&format!(
+        "for i in $(seq 1 300); do printf 'EXPERIMENT_RAM_LIMIT=64M\\nEXPERIMENT_COMMAND=/bin/sleep infinity\\n' > {DIR}/m$i.env; done && \
+         systemctl daemon-reload && seq 1 300 | sed 's/^/brain-experiment@m/' | xargs systemctl enable --quiet"
+    ))?;
+    s.stop();
+    let t = std::time::Instant::now();
+    s.start()?;
+    let out = s.sh("timeout 120 systemctl is-system-running --wait")?;
+    let state = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    eprintln!(
+        "   boot with 300 enabled experiments: {state:?} after {:?}",
+        t.elapsed()
+    );
+    ensure_eq!(
+        state,
+        "running",
+        "is-system-running after the boot with 300 experiments"
+    );
+    wait_for("2 running and 298 queued", Duration::from_secs(60), || {
+        let out = s.ok("brainctl status --json")?;
+        let all: Vec<serde_json::Value> = serde_json::from_str(&out)?;
+        let running = all
+            .iter()
+            .filter(|e| e["active_state"] == "active" && e["queued"].is_null())
+            .count();
+        let queued = all.iter().filter(|e| e["queued"].is_string()).count();
+        Ok(all.len() == 300 && running == 2 && queued == 298)
+    })?;
+    eprintln!(
+        "   300 experiments: 2 running, 298 queued after {:?}",
+        t.elapsed()
+    );
+    s.ok(&format!(
+        "rm -f /etc/systemd/system/brain-experiment.target.wants/* {DIR}/m*.env && systemctl daemon-reload && systemctl stop brain-experiment.target"
+    ))?;
     Ok(())
 }

@@ -136,7 +136,7 @@ boot() {
         args+=(--network-namespace-path="/run/netns/$netns")
         echo "$netns" >"$dir.netns"
     fi
-    systemd-nspawn -q -D "$dir" --register=no --keep-unit -b --console=passive \
+    systemd-nspawn -q -D "$dir" --register=no --keep-unit -b --console=read-only \
         --machine="homelab-$(basename "$dir")" "${args[@]}" >"$dir.console" 2>&1 &
     echo $! >"$dir.nspawn-pid"
     local i pid=
