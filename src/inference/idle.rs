@@ -10,9 +10,10 @@ use crate::shutdown::schedule::{Action, ScheduleRequest};
 use crate::shutdown::state::StateStore;
 use crate::shutdown::{Outcome, Schedules};
 use crate::systemd::view::UnitView;
-use crate::systemd::{Bus, Verb};
+use crate::systemd::{Systemd, Verb};
 use crate::{log_info, log_warn};
 use chrono::{DateTime, Duration, Local};
+use std::sync::Arc;
 
 /// How far ahead the idle power-off is scheduled: time to see it and cancel it.
 pub const POWER_OFF_DELAY_SECONDS: i64 = 60;
@@ -66,9 +67,34 @@ pub fn decide(
     }
 }
 
-/// One run of the check (`inference-service --check-idle`).
-pub fn check(config: &Config, store: &ActivityStore, bus: &Bus) -> anyhow::Result<()> {
-    let now = Local::now();
+/// One run of the check (`inference-service --check-idle`) on this machine: over `systemd`,
+/// with the shutdown module's owner of the schedules for the idle power-off.
+pub fn check(
+    config: &Config,
+    store: &ActivityStore,
+    systemd: Arc<dyn Systemd>,
+) -> anyhow::Result<()> {
+    // A process of its own that lives for one check: its view asks systemd on every read.
+    let schedules = Schedules::new(
+        StateStore::new(None),
+        systemd.clone(),
+        UnitView::new(crate::shutdown::schedule::UNIT_PATTERNS),
+        crate::shutdown::config::Config::load()
+            .map(|c| c.policy)
+            .unwrap_or_default(),
+    );
+    run(config, store, &*systemd, &schedules, Local::now())
+}
+
+/// One check at `now`: stops the models idle past the threshold, and schedules the idle
+/// power-off through `schedules` when that is on and everything has been idle long enough.
+pub fn run(
+    config: &Config,
+    store: &ActivityStore,
+    systemd: &dyn Systemd,
+    schedules: &Schedules,
+    now: DateTime<Local>,
+) -> anyhow::Result<()> {
     let mut activity = store.load();
     if let Some(last) = activity
         .last_check
@@ -81,11 +107,11 @@ pub fn check(config: &Config, store: &ActivityStore, bus: &Bus) -> anyhow::Resul
         return Ok(());
     }
     // A one-shot check: a view that is not watching reads from systemd once.
-    let running = models::running_since(bus, &UnitView::new(&[models::UNIT_PATTERN]))?;
+    let running = models::running_since(systemd, &UnitView::new(&[models::UNIT_PATTERN]))?;
     let decision = decide(config, &activity, &running, now);
     for name in &decision.stop {
         let unit = models::unit_of(name).expect("names from unit names fit");
-        match bus.run_and_wait(Verb::Stop, &unit, Some(std::time::Duration::from_secs(90))) {
+        match systemd.run_and_wait(Verb::Stop, &unit, Some(std::time::Duration::from_secs(90))) {
             Ok(()) => log_info!(
                 "stopped {unit}: no activity for {} minutes",
                 config.idle_threshold_minutes
@@ -94,7 +120,7 @@ pub fn check(config: &Config, store: &ActivityStore, bus: &Bus) -> anyhow::Resul
         }
     }
     if decision.power_off {
-        schedule_power_off(bus, now)?;
+        schedule_power_off(schedules, now)?;
     }
     activity.last_check = Some(crate::time::rfc3339(&now));
     activity.all_idle_since = decision.all_idle_since.map(|t| crate::time::rfc3339(&t));
@@ -104,7 +130,7 @@ pub fn check(config: &Config, store: &ActivityStore, bus: &Bus) -> anyhow::Resul
 /// Schedules a one-off power-off [`POWER_OFF_DELAY_SECONDS`] ahead through the shutdown
 /// module's one scheduling function (its lock, its conflict rules, its state file): nothing
 /// happens when a one-off power action (power-off or reboot) is pending already.
-fn schedule_power_off(bus: &Bus, now: DateTime<Local>) -> anyhow::Result<()> {
+fn schedule_power_off(schedules: &Schedules, now: DateTime<Local>) -> anyhow::Result<()> {
     let request = ScheduleRequest {
         calendar: format!("@{}", now.timestamp() + POWER_OFF_DELAY_SECONDS),
         action: Action::Poweroff,
@@ -115,15 +141,6 @@ fn schedule_power_off(bus: &Bus, now: DateTime<Local>) -> anyhow::Result<()> {
         max_wait_minutes: None,
         wake: None,
     };
-    // A process of its own that lives for one check: its view asks systemd on every read.
-    let schedules = Schedules::new(
-        StateStore::new(None),
-        std::sync::Arc::new(bus.clone()),
-        UnitView::new(crate::shutdown::schedule::TIMER_PATTERNS),
-        crate::shutdown::config::Config::load()
-            .map(|c| c.policy)
-            .unwrap_or_default(),
-    );
     match schedules
         .schedule(&request, now)
         .map_err(|e| anyhow::anyhow!("cannot schedule the idle power-off: {}", e.message))?
