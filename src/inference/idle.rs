@@ -210,4 +210,131 @@ mod tests {
             "power_off_when_idle is off by default"
         );
     }
+
+    /// A check's world: models `running` (unit states in the fake), the activity store and the
+    /// schedules' state in fresh folders.
+    struct World {
+        fake: std::sync::Arc<crate::systemd::fake::FakeSystemd>,
+        activity: ActivityStore,
+        schedules: Schedules,
+        _dirs: (tempfile::TempDir, tempfile::TempDir),
+    }
+
+    fn world(running: &[&str]) -> World {
+        let fake = std::sync::Arc::new(crate::systemd::fake::FakeSystemd::new());
+        for name in running {
+            fake.add(&models::unit_of(name).unwrap(), "active", "running");
+        }
+        let (a, s) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        World {
+            activity: ActivityStore::new(Some(a.path())),
+            schedules: Schedules::new(
+                StateStore::new(Some(s.path())),
+                fake.clone(),
+                UnitView::new(crate::shutdown::schedule::UNIT_PATTERNS),
+                crate::shutdown::busy::Policy::default(),
+            ),
+            fake,
+            _dirs: (a, s),
+        }
+    }
+
+    fn config() -> Config {
+        Config {
+            idle_threshold_minutes: 30,
+            power_off_when_idle: true,
+            ..Config::default()
+        }
+    }
+
+    fn started_timers(w: &World) -> Vec<String> {
+        w.fake
+            .calls()
+            .into_iter()
+            .filter(|c| c.starts_with("start homelab-shutdown@"))
+            .collect()
+    }
+
+    #[test]
+    fn the_check_stops_idle_models_and_keeps_the_active_ones() {
+        let now = Local.timestamp_opt(1_795_000_000, 0).unwrap();
+        let w = world(&["busy", "quiet"]);
+        let mut a = Activity::default();
+        a.last_activity.insert("busy".into(), at(5, now));
+        a.last_activity.insert("quiet".into(), at(45, now));
+        w.activity.save(&a).unwrap();
+        run(&config(), &w.activity, &*w.fake, &w.schedules, now).unwrap();
+        assert!(
+            w.fake
+                .calls()
+                .contains(&"stop model@quiet.service".to_string())
+        );
+        assert_eq!(
+            w.fake.active_state("model@quiet.service").as_deref(),
+            Some("inactive")
+        );
+        assert_eq!(
+            w.fake.active_state("model@busy.service").as_deref(),
+            Some("active")
+        );
+        // A model still runs: no power-off.
+        assert!(started_timers(&w).is_empty());
+        let saved = w.activity.load();
+        assert_eq!(saved.last_check, Some(crate::time::rfc3339(&now)));
+        assert_eq!(saved.all_idle_since, None);
+    }
+
+    #[test]
+    fn everything_idle_long_enough_schedules_the_power_off_once() {
+        let now = Local.timestamp_opt(1_795_000_000, 0).unwrap();
+        let w = world(&[]);
+        let a = Activity {
+            all_idle_since: Some(at(31, now)),
+            ..Activity::default()
+        };
+        w.activity.save(&a).unwrap();
+        run(&config(), &w.activity, &*w.fake, &w.schedules, now).unwrap();
+        let timer = crate::shutdown::schedule::timer_unit(
+            &format!("@{}", now.timestamp() + POWER_OFF_DELAY_SECONDS),
+            Action::Poweroff,
+        )
+        .unwrap();
+        assert_eq!(started_timers(&w), [format!("start {timer}")]);
+        assert_eq!(w.fake.active_state(&timer).as_deref(), Some("active"));
+        assert!(w.schedules.store().load().schedules.contains_key(&timer));
+        // The next check, with the power-off pending: the conflict rules start nothing more.
+        let later = now + Duration::minutes(10);
+        run(&config(), &w.activity, &*w.fake, &w.schedules, later).unwrap();
+        assert_eq!(started_timers(&w).len(), 1);
+    }
+
+    #[test]
+    fn recent_activity_or_a_recent_check_keeps_the_machine_up() {
+        let now = Local.timestamp_opt(1_795_000_000, 0).unwrap();
+        let w = world(&[]);
+        let mut a = Activity {
+            all_idle_since: Some(at(120, now)),
+            ..Activity::default()
+        };
+        a.last_activity.insert("m".into(), at(5, now));
+        w.activity.save(&a).unwrap();
+        run(&config(), &w.activity, &*w.fake, &w.schedules, now).unwrap();
+        assert!(started_timers(&w).is_empty());
+        assert_eq!(
+            w.activity.load().all_idle_since,
+            None,
+            "activity restarts the count"
+        );
+        // Idle long enough, but checked a minute ago: this run does nothing at all.
+        let b = Activity {
+            all_idle_since: Some(at(120, now)),
+            last_check: Some(at(1, now)),
+            ..Activity::default()
+        };
+        w.activity.save(&b).unwrap();
+        let calls = w.fake.calls().len();
+        run(&config(), &w.activity, &*w.fake, &w.schedules, now).unwrap();
+        assert_eq!(w.fake.calls().len(), calls);
+        assert_eq!(w.activity.load(), b);
+    }
 }

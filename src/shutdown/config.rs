@@ -92,7 +92,7 @@ impl Config {
             Some(v) => super::busy::WhenBusy::parse(v).map_err(|e| {
                 anyhow::anyhow!(
                     "shutdown.{}",
-                    e.trim_start_matches('"').replacen('"', "", 1)
+                    e.to_string().trim_start_matches('"').replacen('"', "", 1)
                 )
             })?,
         };
@@ -101,7 +101,7 @@ impl Config {
             Some(v) => super::busy::parse_max_wait(v).map_err(|e| {
                 anyhow::anyhow!(
                     "shutdown.{}",
-                    e.trim_start_matches('"').replacen('"', "", 1)
+                    e.to_string().trim_start_matches('"').replacen('"', "", 1)
                 )
             })?,
         };

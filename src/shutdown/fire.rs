@@ -219,3 +219,383 @@ fn record(store: &StateStore, timer: &str, change: impl FnOnce(&mut Stored)) {
         log_warn!("cannot record the state of {timer}: {e:#}");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shutdown::busy::WhenBusy;
+    use crate::shutdown::schedule::Action;
+    use crate::systemd::fake::{FakeSystemd, Refusal};
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
+
+    const FIRED: i64 = 1_795_000_000;
+
+    /// A clock whose sleeps pass at once (moving its time on), calling `on_sleep` with the
+    /// number of the sleep.
+    struct TestClock {
+        now: AtomicI64,
+        sleeps: AtomicU32,
+        on_sleep: Box<dyn Fn(u32) + Send + Sync>,
+    }
+
+    impl TestClock {
+        fn new(on_sleep: impl Fn(u32) + Send + Sync + 'static) -> TestClock {
+            TestClock {
+                now: AtomicI64::new(FIRED),
+                sleeps: AtomicU32::new(0),
+                on_sleep: Box::new(on_sleep),
+            }
+        }
+    }
+
+    impl Clock for TestClock {
+        fn now(&self) -> i64 {
+            self.now.load(Ordering::SeqCst)
+        }
+        fn sleep(&self, d: Duration) {
+            self.now.fetch_add(d.as_secs() as i64, Ordering::SeqCst);
+            let n = self.sleeps.fetch_add(1, Ordering::SeqCst) + 1;
+            (self.on_sleep)(n);
+        }
+    }
+
+    /// An RTC that is there, holding `alarm`.
+    struct TestRtc {
+        present: bool,
+        alarm: Mutex<Option<i64>>,
+    }
+
+    impl Rtc for TestRtc {
+        fn present(&self) -> bool {
+            self.present
+        }
+        fn alarm(&self) -> Option<i64> {
+            *self.alarm.lock().unwrap()
+        }
+    }
+
+    fn rtc(present: bool, alarm: Option<i64>) -> TestRtc {
+        TestRtc {
+            present,
+            alarm: Mutex::new(alarm),
+        }
+    }
+
+    fn backup() -> Inhibitor {
+        Inhibitor {
+            what: "shutdown".into(),
+            who: "backup".into(),
+            why: "nightly".into(),
+            mode: "block".into(),
+            uid: 0,
+            pid: 42,
+        }
+    }
+
+    /// A one-off power-off schedule's timer and gate, with `stored` as its entry in `store`.
+    fn one_off(store: &StateStore, stored: Stored) -> (String, String) {
+        let calendar = format!("@{FIRED}");
+        let timer = schedule::timer_unit(&calendar, Action::Poweroff).unwrap();
+        store
+            .update(|s| {
+                s.schedules
+                    .insert(timer.clone(), Stored { calendar, ..stored });
+            })
+            .unwrap();
+        let gate = schedule::gate_of(&timer).unwrap();
+        (timer, gate)
+    }
+
+    fn policy(when_busy: WhenBusy, max_wait_minutes: Option<u64>) -> Stored {
+        Stored {
+            when_busy: Some(when_busy),
+            max_wait_minutes,
+            ..Stored::default()
+        }
+    }
+
+    fn started_actions(fake: &FakeSystemd) -> Vec<String> {
+        fake.calls()
+            .into_iter()
+            .filter(|c| c.starts_with("start homelab-power-action@"))
+            .collect()
+    }
+
+    #[test]
+    fn wait_holds_the_power_off_until_the_machine_is_free() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::new(Some(dir.path()));
+        let (timer, gate_unit) = one_off(&store, policy(WhenBusy::Wait, Some(30)));
+        let fake = std::sync::Arc::new(FakeSystemd::new());
+        fake.set_foreign_blockers(vec![backup()]);
+        let seen = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let clock = {
+            let (fake, seen, dir) = (fake.clone(), seen.clone(), dir.path().to_path_buf());
+            TestClock::new(move |n| {
+                // What is listed while it waits, and no power action meanwhile.
+                let entry = StateStore::new(Some(&dir))
+                    .peek()
+                    .schedules
+                    .values()
+                    .next()
+                    .cloned();
+                seen.lock()
+                    .unwrap()
+                    .push((entry.and_then(|e| e.waiting), started_actions(&fake).len()));
+                if n == 3 {
+                    fake.set_foreign_blockers(Vec::new());
+                }
+            })
+        };
+        let rtc = rtc(false, None);
+        let gate = Gate {
+            systemd: &*fake,
+            store: &store,
+            policy: Policy::default(),
+            clock: &clock,
+            rtc: &rtc,
+        };
+        assert_eq!(
+            gate.fire(&gate_unit).unwrap(),
+            Fired::Acted("poweroff".into())
+        );
+        let seen = seen.lock().unwrap();
+        assert_eq!(
+            seen.len(),
+            3,
+            "it looked again every poll until the backup ended"
+        );
+        for (waiting, actions) in seen.iter() {
+            let w = waiting.as_ref().expect("the wait is recorded");
+            assert_eq!((w.since, w.until), (FIRED, FIRED + 30 * 60));
+            assert_eq!(w.busy, [backup()]);
+            assert_eq!(*actions, 0);
+        }
+        assert_eq!(
+            started_actions(&fake),
+            ["start homelab-power-action@poweroff.service"]
+        );
+        assert_eq!(
+            fake.active_state("homelab-power-action@poweroff.service")
+                .as_deref(),
+            Some("active")
+        );
+        // The wait is over in the entry.
+        assert_eq!(store.load().schedules[&timer].waiting, None);
+    }
+
+    #[test]
+    fn the_maximum_wait_reached_it_proceeds() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::new(Some(dir.path()));
+        let (_, gate_unit) = one_off(&store, policy(WhenBusy::Wait, Some(1)));
+        let fake = FakeSystemd::new();
+        fake.set_foreign_blockers(vec![backup()]);
+        let clock = TestClock::new(|_| {});
+        let rtc = rtc(false, None);
+        let gate = Gate {
+            systemd: &fake,
+            store: &store,
+            policy: Policy::default(),
+            clock: &clock,
+            rtc: &rtc,
+        };
+        assert_eq!(
+            gate.fire(&gate_unit).unwrap(),
+            Fired::Acted("poweroff".into())
+        );
+        // A minute of 2-second polls, then it acts although still busy.
+        assert_eq!(clock.sleeps.load(Ordering::SeqCst), 30);
+        assert_eq!(clock.now(), FIRED + 60);
+        assert_eq!(started_actions(&fake).len(), 1);
+    }
+
+    #[test]
+    fn skip_and_proceed_on_a_busy_machine() {
+        for (when_busy, acted) in [(WhenBusy::Skip, false), (WhenBusy::Proceed, true)] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = StateStore::new(Some(dir.path()));
+            let (_, gate_unit) = one_off(&store, policy(when_busy, None));
+            let fake = FakeSystemd::new();
+            fake.set_foreign_blockers(vec![backup()]);
+            let clock = TestClock::new(|_| panic!("a skip or a proceed never waits"));
+            let rtc = rtc(false, None);
+            let gate = Gate {
+                systemd: &fake,
+                store: &store,
+                policy: Policy::default(),
+                clock: &clock,
+                rtc: &rtc,
+            };
+            let fired = gate.fire(&gate_unit).unwrap();
+            assert_eq!(
+                fired,
+                if acted {
+                    Fired::Acted("poweroff".into())
+                } else {
+                    Fired::Skipped
+                },
+                "{when_busy:?}"
+            );
+            assert_eq!(
+                started_actions(&fake).len(),
+                usize::from(acted),
+                "{when_busy:?}"
+            );
+            assert!(fake.calls().contains(&"blockers ".to_string()));
+        }
+    }
+
+    #[test]
+    fn the_default_policy_applies_to_a_schedule_without_an_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::new(Some(dir.path()));
+        let timer = schedule::timer_unit("Mon 04:00", Action::Reboot).unwrap();
+        let fake = FakeSystemd::new();
+        fake.set_foreign_blockers(vec![backup()]);
+        let clock = TestClock::new(|_| {});
+        let rtc = rtc(false, None);
+        let gate = Gate {
+            systemd: &fake,
+            store: &store,
+            policy: Policy {
+                when_busy: WhenBusy::Skip,
+                max_wait_minutes: 1,
+            },
+            clock: &clock,
+            rtc: &rtc,
+        };
+        let gate_unit = schedule::gate_of(&timer).unwrap();
+        assert_eq!(gate.fire(&gate_unit).unwrap(), Fired::Skipped);
+        fake.set_foreign_blockers(Vec::new());
+        assert_eq!(
+            gate.fire(&gate_unit).unwrap(),
+            Fired::Acted("reboot".into())
+        );
+        assert_eq!(
+            started_actions(&fake),
+            ["start homelab-power-action@reboot.service"]
+        );
+        assert!(gate.fire("sshd.service").is_err());
+    }
+
+    #[test]
+    fn a_wake_time_arms_the_alarm_through_the_instance_and_is_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::new(Some(dir.path()));
+        let (timer, gate_unit) = one_off(
+            &store,
+            Stored {
+                wake: Some(Wake::AfterMinutes(60)),
+                ..Stored::default()
+            },
+        );
+        let fake = FakeSystemd::new();
+        let clock = TestClock::new(|_| {});
+        let rtc = rtc(true, None);
+        let gate = Gate {
+            systemd: &fake,
+            store: &store,
+            policy: Policy::default(),
+            clock: &clock,
+            rtc: &rtc,
+        };
+        let at = FIRED + 3600;
+        assert_eq!(
+            gate.fire(&gate_unit).unwrap(),
+            Fired::Acted(format!("poweroff-wake-{at}"))
+        );
+        assert_eq!(
+            started_actions(&fake),
+            [format!(
+                "start homelab-power-action@poweroff-wake-{at}.service"
+            )]
+        );
+        assert_eq!(store.load().schedules[&timer].wake_alarm_set, Some(at));
+    }
+
+    #[test]
+    fn a_failed_power_off_keeps_the_record_of_an_alarm_the_rtc_holds() {
+        let at = FIRED + 3600;
+        // The RTC holds the alarm (root armed it, then the power-off failed), or not (root
+        // could not arm it).
+        for (held, recorded) in [
+            (Some(at), Some(at)),
+            (None, Some(1_000)),
+            (Some(7), Some(1_000)),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = StateStore::new(Some(dir.path()));
+            let (timer, gate_unit) = one_off(
+                &store,
+                Stored {
+                    wake: Some(Wake::AfterMinutes(60)),
+                    // What an earlier occurrence recorded.
+                    wake_alarm_set: Some(1_000),
+                    ..Stored::default()
+                },
+            );
+            let fake = FakeSystemd::new();
+            fake.refuse("start", "homelab-power-action@*", Refusal::JobFailed);
+            let clock = TestClock::new(|_| {});
+            let rtc = rtc(true, held);
+            let gate = Gate {
+                systemd: &fake,
+                store: &store,
+                policy: Policy::default(),
+                clock: &clock,
+                rtc: &rtc,
+            };
+            let e = gate.fire(&gate_unit).unwrap_err();
+            assert!(format!("{e:#}").contains("did not happen"), "{e:#}");
+            assert_eq!(
+                store.load().schedules[&timer].wake_alarm_set,
+                recorded,
+                "{held:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn no_wake_time_no_power_off() {
+        // No RTC at fire time, a wake_at that passed while it waited, a calendar that never
+        // elapses again: the machine stays up, and the gate says why.
+        for (rtc_present, wake, says) in [
+            (false, Wake::AfterMinutes(60), "no RTC wake alarm"),
+            (true, Wake::At(FIRED - 1), "not after the power-off"),
+            (true, Wake::Calendar("2001-01-01".into()), "never elapses"),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = StateStore::new(Some(dir.path()));
+            let (timer, gate_unit) = one_off(
+                &store,
+                Stored {
+                    wake: Some(wake.clone()),
+                    ..Stored::default()
+                },
+            );
+            let fake = FakeSystemd::new();
+            let clock = TestClock::new(|_| {});
+            let rtc = rtc(rtc_present, None);
+            let gate = Gate {
+                systemd: &fake,
+                store: &store,
+                policy: Policy::default(),
+                clock: &clock,
+                rtc: &rtc,
+            };
+            match gate.fire(&gate_unit).unwrap() {
+                Fired::NoWake(why) => {
+                    assert!(why.contains(says), "{wake:?}: {why}");
+                    assert!(why.contains("is not done"), "{why}");
+                }
+                other => panic!("{wake:?}: {other:?}"),
+            }
+            assert!(started_actions(&fake).is_empty(), "{wake:?}");
+            // The schedule stays as it was.
+            assert_eq!(store.load().schedules[&timer].wake, Some(wake));
+            assert_eq!(store.load().schedules[&timer].wake_alarm_set, None);
+        }
+    }
+}
