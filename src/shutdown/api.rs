@@ -1000,4 +1000,39 @@ mod tests {
             r.body
         );
     }
+
+    #[test]
+    fn while_the_machine_goes_down_nothing_is_cancelled_or_forgotten() {
+        let fake = Arc::new(FakeSystemd::new());
+        let (svc, dir) = service(&fake);
+        let r = svc.handle(&with_token(
+            Method::Post,
+            "/shutdown/schedule",
+            r#"{"calendar": "Mon 04:00"}"#,
+        ));
+        let weekly = r.body["unit"].as_str().unwrap().to_string();
+        // An administrator's power-off: poweroff.target has its job, and the shutdown stops
+        // every timer.
+        fake.power_off().unwrap();
+        fake.add(&weekly, "inactive", "dead");
+        let state = state_file(dir.path());
+        let r = svc.handle(&with_token(Method::Post, "/shutdown/cancel", ""));
+        assert_eq!(r.status, 409, "{}", r.body);
+        assert!(
+            r.body["message"]
+                .as_str()
+                .unwrap()
+                .contains("already powering off")
+        );
+        let r = svc.handle(&with_token(
+            Method::Post,
+            "/shutdown/schedule",
+            r#"{"minutes": 5}"#,
+        ));
+        assert_eq!(r.status, 409, "{}", r.body);
+        // The entry stays for the restore after the boot.
+        assert_eq!(state_file(dir.path()), state);
+        assert_eq!(state_units(dir.path()), std::slice::from_ref(&weekly));
+        assert!(!fake.calls().iter().any(|c| c.starts_with("stop")));
+    }
 }

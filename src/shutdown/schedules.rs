@@ -113,7 +113,13 @@ impl Schedules {
     /// Pending and firing schedules, firing ones first, then soonest first: systemd's timers
     /// and gates joined with `state`. A schedule whose gate runs is listed from the gate alone,
     /// even without a state entry (a lost state file), so that it can be cancelled.
-    fn join(&self, units: &[ViewUnit], state: &State) -> Result<Vec<Pending>, ApiError> {
+    /// `down`: whether a power action has begun, when the caller knows already.
+    fn join(
+        &self,
+        units: &[ViewUnit],
+        state: &State,
+        down: Option<bool>,
+    ) -> Result<Vec<Pending>, ApiError> {
         let up = |u: &ViewUnit| {
             matches!(
                 u.row.active_state.as_str(),
@@ -136,14 +142,16 @@ impl Schedules {
             }
         }
         // Only asked when something fires: a read of idle schedules costs no extra call.
-        let acting = if firing_gates.is_empty()
-            && !timers
-                .iter()
-                .any(|(_, t)| t.is_some_and(|t| t.row.sub_state == "running"))
-        {
-            false
-        } else {
-            self.power_action_begun()?
+        let acting = match down {
+            Some(down) => down,
+            None if firing_gates.is_empty()
+                && !timers
+                    .iter()
+                    .any(|(_, t)| t.is_some_and(|t| t.row.sub_state == "running")) =>
+            {
+                false
+            }
+            None => self.power_action_begun()?,
         };
         let now = Local::now().timestamp();
         let mut pending = Vec::new();
@@ -221,20 +229,25 @@ impl Schedules {
     /// Pending schedules for a read-only request: reads the state file, writes nothing.
     pub fn pending(&self) -> Result<Vec<Pending>, ApiError> {
         let units = self.units()?;
-        self.join(&units, &self.store.peek())
+        self.join(&units, &self.store.peek(), None)
     }
 
-    /// Pending schedules for a mutating request (call with the lock held): state entries whose
-    /// timer systemd no longer has, or has inactive (stopped behind our back, or elapsed and
-    /// done), and whose gate does not run, are dropped. A timer that is firing or elapsed keeps
-    /// its entry.
-    fn pending_pruned(&self) -> Result<Vec<Pending>, ApiError> {
+    /// Pending schedules for a mutating request (call with the lock held), and whether a power
+    /// action has begun: state entries whose timer systemd no longer has, or has inactive
+    /// (stopped behind our back, or elapsed and done), and whose gate does not run, are
+    /// dropped. A timer that is firing or elapsed keeps its entry, and while the machine goes
+    /// down (which stops every timer) nothing is dropped: the restore starts them again.
+    fn pending_pruned(&self) -> Result<(Vec<Pending>, bool), ApiError> {
         let units = self.units()?;
-        let state = self
-            .store
-            .update(|s| s.schedules.retain(|unit, _| keeps_entry(&units, unit)))
-            .map_err(internal)?;
-        self.join(&units, &state)
+        let down = self.power_action_begun()?;
+        let state = if down {
+            self.store.load()
+        } else {
+            self.store
+                .update(|s| s.schedules.retain(|unit, _| keeps_entry(&units, unit)))
+                .map_err(internal)?
+        };
+        Ok((self.join(&units, &state, Some(down))?, down))
     }
 
     /// Schedules a power action: the one function that does, for the API and the idle
@@ -247,7 +260,13 @@ impl Schedules {
         now: DateTime<Local>,
     ) -> Result<Outcome, ApiError> {
         let _guard = self.guard()?;
-        let pending = self.pending_pruned()?;
+        let (pending, down) = self.pending_pruned()?;
+        if down {
+            return Err(ApiError::new(
+                409,
+                "already powering off: the machine is going down; schedule again once it is back",
+            ));
+        }
         let start = match schedule::plan(request, &pending, now) {
             Ok(start) => start,
             Err(conflict) => return Ok(Outcome::Conflict(conflict)),
@@ -334,11 +353,15 @@ impl Schedules {
 
     /// Cancels the schedule with id `which`, or the one due first (a firing one before any
     /// other); returns it. A firing schedule's gate is stopped with its timer while it can
-    /// be; once the power action has begun, before or during the stop, the answer is 409 and
-    /// no other schedule is taken instead.
+    /// be. Once a power action has begun (before or during the stop) the answer is 409 and
+    /// nothing changes: no other schedule is taken instead, and every entry stays for the
+    /// restore.
     pub fn cancel(&self, which: Option<&str>) -> Result<Pending, ApiError> {
         let _guard = self.guard()?;
-        let pending = self.pending_pruned()?;
+        let (pending, down) = self.pending_pruned()?;
+        if down && pending.is_empty() {
+            return Err(powering_off(None, Local::now()));
+        }
         let target = match which {
             None => pending
                 .first()
@@ -350,32 +373,38 @@ impl Schedules {
             })?,
         };
         let now = Local::now();
-        if target.phase == Phase::Acting {
-            return Err(powering_off(target, now));
+        if down {
+            return Err(powering_off(Some(target), now));
         }
         self.stop(&target.unit)?;
         if target.phase.is_firing() && self.power_action_begun()? {
             // The gate started the power action just before it was stopped.
             let mut late = target.clone();
             late.phase = Phase::Acting;
-            return Err(powering_off(&late, now));
+            return Err(powering_off(Some(&late), now));
         }
         Ok(target.clone())
     }
 }
 
-/// The 409 answer to the cancel of a schedule whose power action has begun.
-fn powering_off(target: &Pending, now: DateTime<Local>) -> ApiError {
-    log_warn!(
-        "cannot cancel {}: its {} has begun",
-        target.unit,
-        target.action.as_str()
-    );
+/// The 409 answer to a cancel once a power action has begun, with the schedule asked for.
+fn powering_off(target: Option<&Pending>, now: DateTime<Local>) -> ApiError {
+    let Some(target) = target else {
+        return ApiError::new(
+            409,
+            "already powering off: a power action has begun and can no longer be cancelled",
+        );
+    };
+    log_warn!("cannot cancel {}: a power action has begun", target.unit);
+    let whose = if target.phase == Phase::Acting {
+        format!("the {} of this schedule", target.action.as_str())
+    } else {
+        "a power action".to_string()
+    };
     ApiError::new(
         409,
         format!(
-            "already powering off: the {} of this schedule has begun and can no longer be cancelled",
-            target.action.as_str()
+            "already powering off: {whose} has begun and can no longer be cancelled; the schedule stays as it is"
         ),
     )
     .with_extra("schedule", target.entry(now))
