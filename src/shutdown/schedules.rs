@@ -359,8 +359,12 @@ impl Schedules {
     pub fn cancel(&self, which: Option<&str>) -> Result<Pending, ApiError> {
         let _guard = self.guard()?;
         let (pending, down) = self.pending_pruned()?;
-        if down && pending.is_empty() {
-            return Err(powering_off(None, Local::now()));
+        if down {
+            let asked = match which {
+                None => pending.first(),
+                Some(id) => pending.iter().find(|p| p.id() == id),
+            };
+            return Err(powering_off(asked, Local::now()));
         }
         let target = match which {
             None => pending
@@ -373,9 +377,6 @@ impl Schedules {
             })?,
         };
         let now = Local::now();
-        if down {
-            return Err(powering_off(Some(target), now));
-        }
         self.stop(&target.unit)?;
         if target.phase.is_firing() && self.power_action_begun()? {
             // The gate started the power action just before it was stopped.
