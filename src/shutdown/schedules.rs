@@ -391,6 +391,7 @@ impl Schedules {
 /// The 409 answer to a cancel once a power action has begun, with the schedule asked for.
 fn powering_off(target: Option<&Pending>, now: DateTime<Local>) -> ApiError {
     let Some(target) = target else {
+        log_warn!("cannot cancel: a power action has begun");
         return ApiError::new(
             409,
             "already powering off: a power action has begun and can no longer be cancelled",
