@@ -24,7 +24,11 @@ fn main() -> ExitCode {
     let bus = Bus::system();
     cli::run(|| {
         if args.check_idle {
-            idle::check(&Config::load()?, &ActivityStore::new(None), &bus)
+            idle::check(
+                &Config::load()?,
+                &ActivityStore::new(None),
+                std::sync::Arc::new(bus.clone()),
+            )
         } else {
             cli::serve(&args.service, "inference-service.socket", || {
                 inference::from_environment(&bus)

@@ -29,7 +29,11 @@ fn main() -> ExitCode {
     let bus = Bus::system();
     cli::run(|| {
         if args.restore {
-            shutdown::restore(&shutdown::state::StateStore::new(None), &bus)
+            shutdown::restore(
+                &shutdown::state::StateStore::new(None),
+                &bus,
+                chrono::Local::now().timestamp(),
+            )
         } else if let Some(unit) = &args.fire {
             shutdown::fire::run(unit, &bus)
         } else {

@@ -113,19 +113,17 @@ mod tests {
 
     #[test]
     fn activity_survives_a_new_store() {
-        let dir = std::env::temp_dir().join(format!("homelab-activity-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
         let now = Local::now();
-        ActivityStore::new(Some(&dir)).record("m", now).unwrap();
+        ActivityStore::new(Some(dir)).record("m", now).unwrap();
         assert_eq!(
-            ActivityStore::new(Some(&dir))
+            ActivityStore::new(Some(dir))
                 .load()
                 .last("m")
                 .unwrap()
                 .timestamp(),
             now.timestamp()
         );
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -10,9 +10,10 @@ use crate::shutdown::schedule::{Action, ScheduleRequest};
 use crate::shutdown::state::StateStore;
 use crate::shutdown::{Outcome, Schedules};
 use crate::systemd::view::UnitView;
-use crate::systemd::{Bus, Verb};
+use crate::systemd::{Systemd, Verb};
 use crate::{log_info, log_warn};
 use chrono::{DateTime, Duration, Local};
+use std::sync::Arc;
 
 /// How far ahead the idle power-off is scheduled: time to see it and cancel it.
 pub const POWER_OFF_DELAY_SECONDS: i64 = 60;
@@ -66,9 +67,34 @@ pub fn decide(
     }
 }
 
-/// One run of the check (`inference-service --check-idle`).
-pub fn check(config: &Config, store: &ActivityStore, bus: &Bus) -> anyhow::Result<()> {
-    let now = Local::now();
+/// One run of the check (`inference-service --check-idle`) on this machine: over `systemd`,
+/// with the shutdown module's owner of the schedules for the idle power-off.
+pub fn check(
+    config: &Config,
+    store: &ActivityStore,
+    systemd: Arc<dyn Systemd>,
+) -> anyhow::Result<()> {
+    // A process of its own that lives for one check: its view asks systemd on every read.
+    let schedules = Schedules::new(
+        StateStore::new(None),
+        systemd.clone(),
+        UnitView::new(crate::shutdown::schedule::UNIT_PATTERNS),
+        crate::shutdown::config::Config::load()
+            .map(|c| c.policy)
+            .unwrap_or_default(),
+    );
+    run(config, store, &*systemd, &schedules, Local::now())
+}
+
+/// One check at `now`: stops the models idle past the threshold, and schedules the idle
+/// power-off through `schedules` when that is on and everything has been idle long enough.
+pub fn run(
+    config: &Config,
+    store: &ActivityStore,
+    systemd: &dyn Systemd,
+    schedules: &Schedules,
+    now: DateTime<Local>,
+) -> anyhow::Result<()> {
     let mut activity = store.load();
     if let Some(last) = activity
         .last_check
@@ -81,11 +107,11 @@ pub fn check(config: &Config, store: &ActivityStore, bus: &Bus) -> anyhow::Resul
         return Ok(());
     }
     // A one-shot check: a view that is not watching reads from systemd once.
-    let running = models::running_since(bus, &UnitView::new(&[models::UNIT_PATTERN]))?;
+    let running = models::running_since(systemd, &UnitView::new(&[models::UNIT_PATTERN]))?;
     let decision = decide(config, &activity, &running, now);
     for name in &decision.stop {
         let unit = models::unit_of(name).expect("names from unit names fit");
-        match bus.run_and_wait(Verb::Stop, &unit, Some(std::time::Duration::from_secs(90))) {
+        match systemd.run_and_wait(Verb::Stop, &unit, Some(std::time::Duration::from_secs(90))) {
             Ok(()) => log_info!(
                 "stopped {unit}: no activity for {} minutes",
                 config.idle_threshold_minutes
@@ -94,7 +120,7 @@ pub fn check(config: &Config, store: &ActivityStore, bus: &Bus) -> anyhow::Resul
         }
     }
     if decision.power_off {
-        schedule_power_off(bus, now)?;
+        schedule_power_off(schedules, now)?;
     }
     activity.last_check = Some(crate::time::rfc3339(&now));
     activity.all_idle_since = decision.all_idle_since.map(|t| crate::time::rfc3339(&t));
@@ -104,7 +130,7 @@ pub fn check(config: &Config, store: &ActivityStore, bus: &Bus) -> anyhow::Resul
 /// Schedules a one-off power-off [`POWER_OFF_DELAY_SECONDS`] ahead through the shutdown
 /// module's one scheduling function (its lock, its conflict rules, its state file): nothing
 /// happens when a one-off power action (power-off or reboot) is pending already.
-fn schedule_power_off(bus: &Bus, now: DateTime<Local>) -> anyhow::Result<()> {
+fn schedule_power_off(schedules: &Schedules, now: DateTime<Local>) -> anyhow::Result<()> {
     let request = ScheduleRequest {
         calendar: format!("@{}", now.timestamp() + POWER_OFF_DELAY_SECONDS),
         action: Action::Poweroff,
@@ -115,15 +141,6 @@ fn schedule_power_off(bus: &Bus, now: DateTime<Local>) -> anyhow::Result<()> {
         max_wait_minutes: None,
         wake: None,
     };
-    // A process of its own that lives for one check: its view asks systemd on every read.
-    let schedules = Schedules::new(
-        StateStore::new(None),
-        std::sync::Arc::new(bus.clone()),
-        UnitView::new(crate::shutdown::schedule::TIMER_PATTERNS),
-        crate::shutdown::config::Config::load()
-            .map(|c| c.policy)
-            .unwrap_or_default(),
-    );
     match schedules
         .schedule(&request, now)
         .map_err(|e| anyhow::anyhow!("cannot schedule the idle power-off: {}", e.message))?
@@ -192,5 +209,132 @@ mod tests {
             !decide(&off, &a, &[], now).power_off,
             "power_off_when_idle is off by default"
         );
+    }
+
+    /// A check's world: models `running` (unit states in the fake), the activity store and the
+    /// schedules' state in fresh folders.
+    struct World {
+        fake: std::sync::Arc<crate::systemd::fake::FakeSystemd>,
+        activity: ActivityStore,
+        schedules: Schedules,
+        _dirs: (tempfile::TempDir, tempfile::TempDir),
+    }
+
+    fn world(running: &[&str]) -> World {
+        let fake = std::sync::Arc::new(crate::systemd::fake::FakeSystemd::new());
+        for name in running {
+            fake.add(&models::unit_of(name).unwrap(), "active", "running");
+        }
+        let (a, s) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        World {
+            activity: ActivityStore::new(Some(a.path())),
+            schedules: Schedules::new(
+                StateStore::new(Some(s.path())),
+                fake.clone(),
+                UnitView::new(crate::shutdown::schedule::UNIT_PATTERNS),
+                crate::shutdown::busy::Policy::default(),
+            ),
+            fake,
+            _dirs: (a, s),
+        }
+    }
+
+    fn config() -> Config {
+        Config {
+            idle_threshold_minutes: 30,
+            power_off_when_idle: true,
+            ..Config::default()
+        }
+    }
+
+    fn started_timers(w: &World) -> Vec<String> {
+        w.fake
+            .calls()
+            .into_iter()
+            .filter(|c| c.starts_with("start homelab-shutdown@"))
+            .collect()
+    }
+
+    #[test]
+    fn the_check_stops_idle_models_and_keeps_the_active_ones() {
+        let now = Local.timestamp_opt(1_795_000_000, 0).unwrap();
+        let w = world(&["busy", "quiet"]);
+        let mut a = Activity::default();
+        a.last_activity.insert("busy".into(), at(5, now));
+        a.last_activity.insert("quiet".into(), at(45, now));
+        w.activity.save(&a).unwrap();
+        run(&config(), &w.activity, &*w.fake, &w.schedules, now).unwrap();
+        assert!(
+            w.fake
+                .calls()
+                .contains(&"stop model@quiet.service".to_string())
+        );
+        assert_eq!(
+            w.fake.active_state("model@quiet.service").as_deref(),
+            Some("inactive")
+        );
+        assert_eq!(
+            w.fake.active_state("model@busy.service").as_deref(),
+            Some("active")
+        );
+        // A model still runs: no power-off.
+        assert!(started_timers(&w).is_empty());
+        let saved = w.activity.load();
+        assert_eq!(saved.last_check, Some(crate::time::rfc3339(&now)));
+        assert_eq!(saved.all_idle_since, None);
+    }
+
+    #[test]
+    fn everything_idle_long_enough_schedules_the_power_off_once() {
+        let now = Local.timestamp_opt(1_795_000_000, 0).unwrap();
+        let w = world(&[]);
+        let a = Activity {
+            all_idle_since: Some(at(31, now)),
+            ..Activity::default()
+        };
+        w.activity.save(&a).unwrap();
+        run(&config(), &w.activity, &*w.fake, &w.schedules, now).unwrap();
+        let timer = crate::shutdown::schedule::timer_unit(
+            &format!("@{}", now.timestamp() + POWER_OFF_DELAY_SECONDS),
+            Action::Poweroff,
+        )
+        .unwrap();
+        assert_eq!(started_timers(&w), [format!("start {timer}")]);
+        assert_eq!(w.fake.active_state(&timer).as_deref(), Some("active"));
+        assert!(w.schedules.store().load().schedules.contains_key(&timer));
+        // The next check, with the power-off pending: the conflict rules start nothing more.
+        let later = now + Duration::minutes(10);
+        run(&config(), &w.activity, &*w.fake, &w.schedules, later).unwrap();
+        assert_eq!(started_timers(&w).len(), 1);
+    }
+
+    #[test]
+    fn recent_activity_or_a_recent_check_keeps_the_machine_up() {
+        let now = Local.timestamp_opt(1_795_000_000, 0).unwrap();
+        let w = world(&[]);
+        let mut a = Activity {
+            all_idle_since: Some(at(120, now)),
+            ..Activity::default()
+        };
+        a.last_activity.insert("m".into(), at(5, now));
+        w.activity.save(&a).unwrap();
+        run(&config(), &w.activity, &*w.fake, &w.schedules, now).unwrap();
+        assert!(started_timers(&w).is_empty());
+        assert_eq!(
+            w.activity.load().all_idle_since,
+            None,
+            "activity restarts the count"
+        );
+        // Idle long enough, but checked a minute ago: this run does nothing at all.
+        let b = Activity {
+            all_idle_since: Some(at(120, now)),
+            last_check: Some(at(1, now)),
+            ..Activity::default()
+        };
+        w.activity.save(&b).unwrap();
+        let calls = w.fake.calls().len();
+        run(&config(), &w.activity, &*w.fake, &w.schedules, now).unwrap();
+        assert_eq!(w.fake.calls().len(), calls);
+        assert_eq!(w.activity.load(), b);
     }
 }

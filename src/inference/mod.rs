@@ -106,7 +106,7 @@ impl InferenceService {
     /// The model a URL names: 400 for a hostile name, 404 for one that is not configured.
     fn model(&self, raw: &str) -> Result<Model, ApiError> {
         let name = http::percent_decode(raw)?;
-        models::validate(&name).map_err(ApiError::bad_request)?;
+        models::validate(&name).map_err(|e| ApiError::bad_request(e.to_string()))?;
         models::find(&self.dir, &name).ok_or_else(|| {
             ApiError::not_found(format!(
                 "no model {name:?}: it needs a config file in {} (GET /models lists them)",
@@ -356,9 +356,9 @@ mod tests {
     const TOKEN: &str = "0123456789abcdef0123";
 
     /// A service over `fake`, with one model `llama.env`; returns its folder too.
-    fn service(fake: &Arc<FakeSystemd>, name: &str) -> (InferenceService, PathBuf) {
-        let dir = std::env::temp_dir().join(format!("homelab-inf-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+    fn service(fake: &Arc<FakeSystemd>) -> (InferenceService, tempfile::TempDir) {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
         std::fs::create_dir_all(dir.join("models")).unwrap();
         std::fs::write(dir.join("models/llama.env"), "PORT=8081\n").unwrap();
         let svc = InferenceService::new(
@@ -369,7 +369,7 @@ mod tests {
             fake.clone(),
             UnitView::new(&[models::UNIT_PATTERN]),
         );
-        (svc, dir)
+        (svc, tmp)
     }
 
     fn post(svc: &InferenceService, path: &str) -> Response {
@@ -386,7 +386,7 @@ mod tests {
     #[test]
     fn start_list_and_stop_a_model_through_systemd() {
         let fake = Arc::new(FakeSystemd::new());
-        let (svc, dir) = service(&fake, "happy");
+        let (svc, _dir) = service(&fake);
         assert_eq!(
             get(&svc, "/models/running").body["running_models"],
             json!([])
@@ -412,14 +412,13 @@ mod tests {
             get(&svc, "/models/running").body["running_models"],
             json!([])
         );
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn a_polkit_denial_is_502_naming_the_model_and_starts_nothing() {
         let fake = Arc::new(FakeSystemd::new());
         fake.refuse("start", "model@*", Refusal::Denied);
-        let (svc, dir) = service(&fake, "denied");
+        let (svc, _dir) = service(&fake);
         let r = post(&svc, "/models/llama.env/start");
         assert_eq!(r.status, 502);
         assert_eq!(r.body["status"], "error");
@@ -434,21 +433,19 @@ mod tests {
             get(&svc, "/models/running").body["running_models"],
             json!([])
         );
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn a_failed_start_is_502_with_the_job_and_unit_results() {
         let fake = Arc::new(FakeSystemd::new());
         fake.refuse("start", "*", Refusal::JobFailed);
-        let (svc, dir) = service(&fake, "jobfailed");
+        let (svc, _dir) = service(&fake);
         let r = post(&svc, "/models/llama.env/start");
         assert_eq!(r.status, 502);
         assert_eq!(r.body["job_result"], "failed");
         assert_eq!(r.body["result"], "exit-code");
         assert_eq!(r.body["unit"], "model@llama.env.service");
         assert!(!r.body["journal"].as_array().unwrap().is_empty());
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
@@ -456,7 +453,7 @@ mod tests {
         let fake = Arc::new(FakeSystemd::new());
         fake.refuse("state", "*", Refusal::NoSuchUnit);
         fake.refuse("list", "*", Refusal::Unreachable);
-        let (svc, dir) = service(&fake, "refused");
+        let (svc, _dir) = service(&fake);
         let r = get(&svc, "/models/llama.env");
         assert_eq!(r.status, 502);
         assert!(r.body["message"].as_str().unwrap().contains("no such unit"));
@@ -476,14 +473,13 @@ mod tests {
             calls,
             "no call for a model that is not there"
         );
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn a_model_vanishing_between_listing_and_read_answers_consistently() {
         let fake = Arc::new(FakeSystemd::new());
         fake.add("model@llama.env.service", "active", "running");
-        let (svc, dir) = service(&fake, "vanish");
+        let (svc, _dir) = service(&fake);
         fake.vanish_after_list("model@llama.env.service");
         // Listed as running, gone before its start time is read: still a 200, and then gone.
         let r = get(&svc, "/models/activity");
@@ -492,6 +488,5 @@ mod tests {
             get(&svc, "/models/running").body["running_models"],
             json!([])
         );
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -84,8 +84,8 @@ pub const TEMPLATES: &[&str] = &[UNIT_TEMPLATE, "model-proxy@.service", "model-p
 
 /// Checks a model name from a URL: the rules of [`escape::validate_name`], and its escaped
 /// form fits a unit name of each of [`TEMPLATES`].
-pub fn validate(name: &str) -> Result<(), String> {
-    escape::validate_name_for("model name", name, NAME_MAX, TEMPLATES)
+pub fn validate(name: &str) -> anyhow::Result<()> {
+    escape::validate_name_for("model name", name, NAME_MAX, TEMPLATES).map_err(anyhow::Error::msg)
 }
 
 /// The models in `dir`, sorted by name. Files whose names are not valid model names are left out
@@ -140,15 +140,15 @@ mod tests {
 
     #[test]
     fn models_are_the_regular_visible_files() {
-        let dir = std::env::temp_dir().join(format!("homelab-models-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
         std::fs::create_dir_all(dir.join("subdir")).unwrap();
         std::fs::write(dir.join("llama.env"), "PORT=\"8081\"\n").unwrap();
         std::fs::write(dir.join("noport"), "X=1\n").unwrap();
         std::fs::write(dir.join("badport"), "PORT=http\n").unwrap();
         std::fs::write(dir.join(".hidden"), "PORT=1\n").unwrap();
         std::fs::write(dir.join("a b"), "PORT=1\n").unwrap();
-        let models = list(&dir).unwrap();
+        let models = list(dir).unwrap();
         let names: Vec<&str> = models.iter().map(|m| m.name.as_str()).collect();
         assert_eq!(names, ["badport", "llama.env", "noport"]);
         assert_eq!(models[1].port, Some(8081));
@@ -156,10 +156,9 @@ mod tests {
         assert_eq!(models[1].json()["port"], 8081);
         assert!(models[2].json()["port"].is_null());
         assert_eq!(models[1].unit(), "model@llama.env.service");
-        assert!(find(&dir, "subdir").is_none());
-        assert!(find(&dir, "missing").is_none());
-        assert_eq!(find(&dir, "llama.env").unwrap().port, Some(8081));
-        let _ = std::fs::remove_dir_all(&dir);
+        assert!(find(dir, "subdir").is_none());
+        assert!(find(dir, "missing").is_none());
+        assert_eq!(find(dir, "llama.env").unwrap().port, Some(8081));
     }
 
     #[test]
@@ -174,6 +173,7 @@ mod tests {
         assert!(
             validate(&dashes)
                 .unwrap_err()
+                .to_string()
                 .contains("too long for a unit name")
         );
         assert!(validate(&"-".repeat(58)).is_ok());

@@ -33,13 +33,13 @@ impl WhenBusy {
         }
     }
 
-    /// The `when_busy` of a request or a configuration file.
-    pub fn parse(v: &Value) -> Result<WhenBusy, String> {
+    /// The `when_busy` of a request or a configuration file; the error says what to send.
+    pub fn parse(v: &Value) -> anyhow::Result<WhenBusy> {
         match v.as_str() {
             Some("proceed") => Ok(WhenBusy::Proceed),
             Some("wait") => Ok(WhenBusy::Wait),
             Some("skip") => Ok(WhenBusy::Skip),
-            _ => Err(format!(
+            _ => Err(anyhow::anyhow!(
                 "\"when_busy\" is {}: send \"proceed\", \"wait\" or \"skip\"",
                 crate::http::shown(v)
             )),
@@ -80,11 +80,11 @@ impl Policy {
     }
 }
 
-/// Validates a `max_wait_minutes` value.
-pub fn parse_max_wait(v: &Value) -> Result<u64, String> {
+/// Validates a `max_wait_minutes` value; the error says what to send.
+pub fn parse_max_wait(v: &Value) -> anyhow::Result<u64> {
     match v.as_u64() {
         Some(m) if (1..=MAX_WAIT_MINUTES).contains(&m) => Ok(m),
-        _ => Err(format!(
+        _ => Err(anyhow::anyhow!(
             "\"max_wait_minutes\" is {}: send a whole number of minutes from 1 to {MAX_WAIT_MINUTES}, e.g. {{\"when_busy\": \"wait\", \"max_wait_minutes\": 120}}",
             crate::http::shown(v)
         )),
@@ -101,12 +101,12 @@ pub fn parse_request(
         .get("when_busy")
         .map(WhenBusy::parse)
         .transpose()
-        .map_err(ApiError::bad_request)?;
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let max_wait = body
         .get("max_wait_minutes")
         .map(parse_max_wait)
         .transpose()
-        .map_err(ApiError::bad_request)?;
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let effective = when_busy.unwrap_or(default.when_busy);
     if max_wait.is_some() && effective != WhenBusy::Wait {
         return Err(ApiError::bad_request(format!(

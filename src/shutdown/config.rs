@@ -80,10 +80,10 @@ impl Config {
         )?;
         let _ = (file.service, file.shutdown.lock_file);
         let default_minutes = file.shutdown.default_minutes.unwrap_or(1);
-        if !(1..=super::schedule::MAX_MINUTES).contains(&default_minutes) {
+        if !(1..=super::fields::MAX_MINUTES).contains(&default_minutes) {
             anyhow::bail!(
                 "shutdown.default_minutes is {default_minutes}: use 1 to {}",
-                super::schedule::MAX_MINUTES
+                super::fields::MAX_MINUTES
             );
         }
         let default = super::busy::Policy::default();
@@ -92,7 +92,7 @@ impl Config {
             Some(v) => super::busy::WhenBusy::parse(v).map_err(|e| {
                 anyhow::anyhow!(
                     "shutdown.{}",
-                    e.trim_start_matches('"').replacen('"', "", 1)
+                    e.to_string().trim_start_matches('"').replacen('"', "", 1)
                 )
             })?,
         };
@@ -101,7 +101,7 @@ impl Config {
             Some(v) => super::busy::parse_max_wait(v).map_err(|e| {
                 anyhow::anyhow!(
                     "shutdown.{}",
-                    e.trim_start_matches('"').replacen('"', "", 1)
+                    e.to_string().trim_start_matches('"').replacen('"', "", 1)
                 )
             })?,
         };

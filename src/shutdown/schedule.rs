@@ -6,6 +6,7 @@
 //! data of ours. systemd is the source of truth for what is pending.
 
 use super::busy::{self, Policy, Waiting, WhenBusy};
+use super::fields::{MAX_MINUTES, parse_calendar_field, parse_time};
 use super::wake::{self, Wake};
 use crate::http::{ApiError, shown};
 use crate::systemd::escape;
@@ -19,9 +20,14 @@ pub const TIMER_TEMPLATE: &str = "homelab-shutdown@.timer";
 pub const REBOOT_TIMER_TEMPLATE: &str = "homelab-reboot@.timer";
 /// Every schedule's timer, for one `ListUnitsByPatterns` call.
 pub const TIMER_PATTERNS: &[&str] = &["homelab-shutdown@*.timer", "homelab-reboot@*.timer"];
-/// Longest delay a `minutes` request may ask for (a year).
-pub const MAX_MINUTES: u64 = 525_600;
-const MAX_CALENDAR_LEN: usize = 200;
+/// Every schedule's timer and gate (the service a timer starts when it elapses): what is
+/// pending, and what is firing.
+pub const UNIT_PATTERNS: &[&str] = &[
+    "homelab-shutdown@*.timer",
+    "homelab-reboot@*.timer",
+    "homelab-shutdown@*.service",
+    "homelab-reboot@*.service",
+];
 const FIELDS: &[&str] = &[
     "minutes",
     "at",
@@ -115,6 +121,18 @@ pub fn timer_unit(calendar: &str, action: Action) -> Option<String> {
     escape::template_instance(action.timer_template(), calendar)
 }
 
+/// The gate of a schedule's timer: the service of the same name, which the timer starts.
+pub fn gate_of(timer: &str) -> Option<String> {
+    parse_unit(timer)?;
+    Some(format!("{}.service", timer.strip_suffix(".timer")?))
+}
+
+/// The timer whose gate `gate` is (`None`: not a schedule's gate).
+pub fn timer_of(gate: &str) -> Option<String> {
+    let timer = format!("{}.timer", gate.strip_suffix(".service")?);
+    parse_unit(&timer).map(|_| timer)
+}
+
 /// The calendar expression and action of a timer unit of ours.
 pub fn parse_unit(unit: &str) -> Option<(String, Action)> {
     [Action::Poweroff, Action::Reboot]
@@ -204,6 +222,10 @@ pub fn parse_request(
     })
 }
 
+fn parse_calendar(v: &Value) -> Result<String, ApiError> {
+    parse_calendar_field("calendar", v)
+}
+
 fn parse_minutes(v: &Value) -> Result<u64, ApiError> {
     match v.as_u64() {
         Some(m) if (1..=MAX_MINUTES).contains(&m) => Ok(m),
@@ -212,67 +234,6 @@ fn parse_minutes(v: &Value) -> Result<u64, ApiError> {
             shown(v)
         ))),
     }
-}
-
-/// An RFC 3339 time in the coming year, as whole seconds since the epoch (rounded up: a power
-/// action never comes before the time asked); `field` names it in errors.
-pub fn parse_time(field: &str, v: &Value, now: DateTime<Local>) -> Result<i64, ApiError> {
-    let Value::String(s) = v else {
-        return Err(ApiError::bad_request(format!(
-            "\"{field}\" is {}: send an RFC 3339 time such as \"2030-01-31T23:00:00+01:00\"",
-            shown(v)
-        )));
-    };
-    let t = DateTime::parse_from_rfc3339(s).map_err(|e| {
-        ApiError::bad_request(format!(
-            "\"{field}\" is not an RFC 3339 time with a time zone ({e}): send e.g. \"2030-01-31T23:00:00+01:00\""
-        ))
-    })?;
-    // Timers have whole seconds.
-    let secs = t.timestamp() + i64::from(t.timestamp_subsec_nanos() > 0);
-    if secs <= now.timestamp() {
-        return Err(ApiError::bad_request(format!(
-            "\"{field}\" {s} is in the past (now is {}): send a future time",
-            crate::time::rfc3339(&now)
-        )));
-    }
-    if secs > now.timestamp() + MAX_MINUTES as i64 * 60 {
-        return Err(ApiError::bad_request(format!(
-            "\"{field}\" {s} is more than a year ahead: send a nearer time"
-        )));
-    }
-    Ok(secs)
-}
-
-fn parse_calendar(v: &Value) -> Result<String, ApiError> {
-    parse_calendar_field("calendar", v)
-}
-
-/// A calendar expression's shape (systemd's parser has the last word); `field` names it.
-pub fn parse_calendar_field(field: &str, v: &Value) -> Result<String, ApiError> {
-    let Value::String(s) = v else {
-        return Err(ApiError::bad_request(format!(
-            "\"{field}\" is {}: send a systemd calendar expression such as \"Mon..Fri 23:00\"",
-            shown(v)
-        )));
-    };
-    let s = s.trim();
-    if s.is_empty() || s.len() > MAX_CALENDAR_LEN {
-        return Err(ApiError::bad_request(format!(
-            "\"{field}\" must be 1 to {MAX_CALENDAR_LEN} characters: send e.g. \"Mon..Fri 23:00\""
-        )));
-    }
-    if s.chars().any(char::is_control) {
-        return Err(ApiError::bad_request(format!(
-            "\"{field}\" contains control characters: send e.g. \"Mon..Fri 23:00\""
-        )));
-    }
-    if s.starts_with('@') {
-        return Err(ApiError::bad_request(format!(
-            "\"{field}\" must not start with '@': for a one-off time send \"at\" or \"minutes\""
-        )));
-    }
-    Ok(s.to_string())
 }
 
 /// What the state file remembers of a schedule beyond what systemd knows.
@@ -300,7 +261,40 @@ pub struct Stored {
     pub wake_alarm_set: Option<i64>,
 }
 
-/// A schedule systemd has pending, joined with what the state file says about it.
+/// Where a schedule is, from systemd's units: its timer waits, or it has fired and its gate
+/// (`homelab-shutdown@X.service`, `homelab-reboot@X.service`) runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Phase {
+    /// The timer waits for its next elapse.
+    #[default]
+    Pending,
+    /// The gate runs and has recorded no wait: it is deciding, or about to start the power
+    /// action (or it waits, and its state entry is gone). A cancel still stops it.
+    Deciding,
+    /// The gate waits for the machine to be idle (its entry says for whom).
+    Waiting,
+    /// The power action has begun (root's unit runs, or poweroff.target or reboot.target has
+    /// a job): past the point of no return; a cancel answers 409.
+    Acting,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pending => "pending",
+            Phase::Deciding => "deciding",
+            Phase::Waiting => "waiting",
+            Phase::Acting => "acting",
+        }
+    }
+
+    /// Its timer has fired: the gate runs.
+    pub fn is_firing(self) -> bool {
+        self != Phase::Pending
+    }
+}
+
+/// A schedule systemd has pending (or firing), joined with what the state file says about it.
 #[derive(Clone, Debug, PartialEq, Default)]
 pub struct Pending {
     pub unit: String,
@@ -312,6 +306,8 @@ pub struct Pending {
     pub stored: Option<Stored>,
     /// Its policy when busy: the entry's own, or the configuration's.
     pub policy: Policy,
+    /// Where it is: pending, or fired and in its gate.
+    pub phase: Phase,
     /// The timer has fired and its gate waits (`Stored::waiting`).
     pub waiting: Option<Waiting>,
     /// When the machine is expected to wake after this power-off (seconds since the epoch).
@@ -346,7 +342,7 @@ impl Pending {
             "next_elapse": next_str,
             "minutes_from_now": (seconds_left + 59) / 60,
             "created_at": self.stored.as_ref().map(|s| s.created_at.clone()),
-            "state": if self.waiting.is_some() { "waiting" } else { "pending" },
+            "state": self.phase.as_str(),
             "when_busy": self.policy.when_busy.as_str(),
             "max_wait_minutes": (self.policy.when_busy == WhenBusy::Wait).then_some(self.policy.max_wait_minutes),
             "waiting": self.waiting.as_ref().map(|w| json!({

@@ -153,7 +153,7 @@ mod tests {
     #[test]
     fn a_peek_sees_every_change_whoever_made_it() {
         let dir = tempdir();
-        let store = StateStore::new(Some(&dir));
+        let store = StateStore::new(Some(dir.path()));
         assert!(store.peek().schedules.is_empty());
         store
             .update(|s| {
@@ -163,7 +163,7 @@ mod tests {
         assert_eq!(store.peek().schedules.len(), 1);
         assert_eq!(store.peek().schedules["u1"], stored("Mon 23:00"));
         // Another process (the idle check) saves through its own store.
-        StateStore::new(Some(&dir))
+        StateStore::new(Some(dir.path()))
             .update(|s| {
                 s.schedules.insert("u2".into(), stored("Tue 23:00"));
             })
@@ -175,13 +175,12 @@ mod tests {
         assert_eq!(store.peek().schedules["u2"], stored("Wed 23:00"));
         fs::remove_file(store.path()).unwrap();
         assert!(store.peek().schedules.is_empty());
-        let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn saves_atomically_and_loads_back() {
         let dir = tempdir();
-        let store = StateStore::new(Some(&dir));
+        let store = StateStore::new(Some(dir.path()));
         assert!(store.load().schedules.is_empty());
         store
             .update(|s| {
@@ -189,19 +188,18 @@ mod tests {
             })
             .unwrap();
         assert_eq!(store.load().schedules["u1"], stored("Mon 23:00"));
-        assert!(!dir.join("schedules.tmp").exists());
-        let _ = fs::remove_dir_all(dir);
+        assert!(!dir.path().join("schedules.tmp").exists());
     }
 
     #[test]
     fn a_corrupt_file_is_moved_aside() {
         let dir = tempdir();
-        let store = StateStore::new(Some(&dir));
+        let store = StateStore::new(Some(dir.path()));
         fs::write(store.path(), b"{not json").unwrap();
         assert!(store.peek().schedules.is_empty());
         assert!(store.path().exists(), "a read-only peek moved it");
         assert!(store.load().schedules.is_empty());
-        let aside: Vec<_> = fs::read_dir(&dir)
+        let aside: Vec<_> = fs::read_dir(dir.path())
             .unwrap()
             .filter_map(|e| e.ok())
             .map(|e| e.file_name().into_string().unwrap())
@@ -213,16 +211,15 @@ mod tests {
             "{aside:?}"
         );
         assert!(!store.path().exists());
-        let _ = fs::remove_dir_all(dir);
     }
 
     #[test]
     fn the_lock_excludes_other_holders_until_dropped() {
         let dir = tempdir();
-        let store = StateStore::new(Some(&dir));
+        let store = StateStore::new(Some(dir.path()));
         let held = store.lock().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
-        let other = StateStore::new(Some(&dir));
+        let other = StateStore::new(Some(dir.path()));
         let waiter = std::thread::spawn(move || {
             let _second = other.lock().unwrap();
             tx.send(()).unwrap();
@@ -236,17 +233,9 @@ mod tests {
         rx.recv_timeout(std::time::Duration::from_secs(5))
             .expect("the second holder gets the lock once the first drops it");
         waiter.join().unwrap();
-        let _ = fs::remove_dir_all(dir);
     }
 
-    fn tempdir() -> PathBuf {
-        let d = std::env::temp_dir().join(format!(
-            "homelab-state-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        let _ = fs::remove_dir_all(&d);
-        fs::create_dir_all(&d).unwrap();
-        d
+    fn tempdir() -> tempfile::TempDir {
+        tempfile::tempdir().unwrap()
     }
 }

@@ -4,6 +4,7 @@
 //! writes the alarm (`homelab-power-action`); abc's processes read it.
 
 use crate::http::{ApiError, shown};
+use crate::systemd::calendar::{self, CalendarError};
 use chrono::{DateTime, Local};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -27,16 +28,43 @@ pub enum Wake {
 }
 
 impl Wake {
-    /// The wake time of a power-off at `off` (seconds since the epoch): `None` when it has no
-    /// future one (a `wake_at` that passed while the schedule waited, a calendar that never
-    /// elapses again). A calendar is asked of systemd's own parser.
-    pub fn after(&self, off: i64) -> Option<i64> {
+    /// The wake time of a power-off at `off` (seconds since the epoch), or why there is none
+    /// (a `wake_at` that passed while the schedule waited, a calendar that never elapses again
+    /// or cannot be computed). A calendar is asked of systemd's own parser.
+    pub fn after(&self, off: i64) -> Result<i64, NoWake> {
         let t = match self {
             Wake::At(t) => *t,
-            Wake::AfterMinutes(m) => off.checked_add(i64::try_from(*m).ok()?.checked_mul(60)?)?,
-            Wake::Calendar(c) => next_elapse(c, off)?,
+            Wake::AfterMinutes(m) => i64::try_from(*m)
+                .ok()
+                .and_then(|m| m.checked_mul(60))
+                .and_then(|s| off.checked_add(s))
+                .ok_or(NoWake::Never)?,
+            Wake::Calendar(c) => calendar::next_elapse(c, Some(off))
+                .map_err(NoWake::Unknown)?
+                .ok_or(NoWake::Never)?,
         };
-        (t > off).then_some(t)
+        if t > off { Ok(t) } else { Err(NoWake::Passed) }
+    }
+}
+
+/// Why a power-off has no wake time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NoWake {
+    /// It came before the power-off (a `wake_at` passed while the schedule waited).
+    Passed,
+    /// The calendar never elapses again (or the time is out of range).
+    Never,
+    /// systemd's calendar parser gave no answer.
+    Unknown(CalendarError),
+}
+
+impl std::fmt::Display for NoWake {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NoWake::Passed => write!(f, "the wake time is not after the power-off"),
+            NoWake::Never => write!(f, "the wake calendar never elapses after the power-off"),
+            NoWake::Unknown(e) => write!(f, "the wake time cannot be computed: {e}"),
+        }
     }
 }
 
@@ -76,7 +104,7 @@ pub fn parse_request(
                     "\"wake_at\" is for one-off schedules: with \"calendar\" send \"wake_calendar\" (e.g. \"Mon..Fri 07:00\") or \"wake_after_minutes\"",
                 ));
             };
-            let t = super::schedule::parse_time("wake_at", v, now)?;
+            let t = super::fields::parse_time("wake_at", v, now)?;
             if t <= off {
                 return Err(ApiError::bad_request(format!(
                     "\"wake_at\" must come after the power-off ({}): send a later time",
@@ -87,12 +115,12 @@ pub fn parse_request(
         }
         "wake_after_minutes" => Wake::AfterMinutes(
             v.as_u64()
-                .filter(|m| (1..=super::schedule::MAX_MINUTES).contains(m))
+                .filter(|m| (1..=super::fields::MAX_MINUTES).contains(m))
                 .ok_or_else(|| {
                     ApiError::bad_request(format!(
                         "\"wake_after_minutes\" is {}: send a whole number of minutes from 1 to {}, e.g. {{\"wake_after_minutes\": 480}}",
                         shown(v),
-                        super::schedule::MAX_MINUTES
+                        super::fields::MAX_MINUTES
                     ))
                 })?,
         ),
@@ -102,7 +130,7 @@ pub fn parse_request(
                     "\"wake_calendar\" is for recurring schedules (\"calendar\"): for a one-off send \"wake_at\" or \"wake_after_minutes\"",
                 ));
             }
-            Wake::Calendar(super::schedule::parse_calendar_field("wake_calendar", v)?)
+            Wake::Calendar(super::fields::parse_calendar_field("wake_calendar", v)?)
         }
     };
     Ok(Some(wake))
@@ -143,44 +171,6 @@ pub fn clear_if(at: i64) -> std::io::Result<Option<i64>> {
         std::fs::write(WAKEALARM, "0")?;
     }
     Ok(held)
-}
-
-/// The next elapse of a calendar expression after `base` (seconds since the epoch), from
-/// `systemd-analyze calendar --base-time`: systemd's parser, in the machine's time zone.
-pub fn next_elapse(calendar: &str, base: i64) -> Option<i64> {
-    let out = std::process::Command::new("systemd-analyze")
-        .args([
-            "calendar",
-            "--iterations=1",
-            &format!("--base-time=@{base}"),
-            "--",
-            calendar,
-        ])
-        .stdin(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .output()
-        .ok()?;
-    if !out.status.success() {
-        return None;
-    }
-    parse_next_elapse(&String::from_utf8_lossy(&out.stdout))
-}
-
-/// The UTC time of `systemd-analyze calendar`'s answer: its "(in UTC)" line, or its "Next
-/// elapse" line when the machine's zone is UTC.
-fn parse_next_elapse(out: &str) -> Option<i64> {
-    let line = out
-        .lines()
-        .map(str::trim)
-        .find_map(|l| l.strip_prefix("(in UTC):"))
-        .or_else(|| {
-            out.lines()
-                .map(str::trim)
-                .find_map(|l| l.strip_prefix("Next elapse:"))
-                .filter(|l| l.trim_end().ends_with(" UTC"))
-        })?;
-    let t = chrono::NaiveDateTime::parse_from_str(line.trim(), "%a %Y-%m-%d %H:%M:%S UTC").ok()?;
-    Some(t.and_utc().timestamp())
 }
 
 #[cfg(test)]
@@ -266,24 +256,31 @@ mod tests {
 
     #[test]
     fn wake_times_follow_the_power_off() {
-        assert_eq!(Wake::AfterMinutes(60).after(1000), Some(4600));
-        assert_eq!(Wake::At(5000).after(1000), Some(5000));
+        assert_eq!(Wake::AfterMinutes(60).after(1000), Ok(4600));
+        assert_eq!(Wake::At(5000).after(1000), Ok(5000));
         // A wake_at that passed while the schedule waited: no alarm.
-        assert_eq!(Wake::At(5000).after(6000), None);
-        assert_eq!(Wake::AfterMinutes(u64::MAX).after(1000), None);
+        assert_eq!(Wake::At(5000).after(6000), Err(NoWake::Passed));
+        assert_eq!(Wake::AfterMinutes(u64::MAX).after(1000), Err(NoWake::Never));
+        // 1_795_000_000 is a Wednesday; the next Thursday 07:00 (in any zone) is within 2 days.
+        let thu = Wake::Calendar("Thu 07:00".into())
+            .after(1_795_000_000)
+            .unwrap();
+        assert!(
+            (1_795_000_000..1_795_000_000 + 2 * 86_400).contains(&thu),
+            "{thu}"
+        );
+        assert_eq!(
+            Wake::Calendar("2001-01-01".into()).after(1_795_000_000),
+            Err(NoWake::Never)
+        );
+        assert!(matches!(
+            Wake::Calendar("not a time".into()).after(1_795_000_000),
+            Err(NoWake::Unknown(CalendarError::Invalid(_)))
+        ));
     }
 
     #[test]
-    fn systemd_analyze_answers_parse() {
-        let utc = "  Original form: 07:00\nNormalized form: *-*-* 07:00:00\n    Next elapse: Wed 2023-11-15 07:00:00 UTC\n       From now: 3 years ago\n";
-        assert_eq!(parse_next_elapse(utc), Some(1_700_031_600));
-        let zoned = "    Next elapse: Wed 2023-11-15 07:00:00 CET\n       (in UTC): Wed 2023-11-15 06:00:00 UTC\n";
-        assert_eq!(parse_next_elapse(zoned), Some(1_700_028_000));
-        assert_eq!(
-            parse_next_elapse("    Next elapse: Wed 2023-11-15 07:00:00 CET\n"),
-            None
-        );
-        assert_eq!(parse_next_elapse("    Next elapse: never\n"), None);
+    fn alarms_parse() {
         assert_eq!(parse_alarm("1700000000\n"), Some(1_700_000_000));
         assert_eq!(parse_alarm("\n"), None);
     }

@@ -342,12 +342,16 @@ impl Systemd for FakeSystemd {
 
     fn power_off(&self) -> Result<(), SystemdError> {
         let mut inner = self.lock();
-        Self::check(&mut inner, "poweroff", "poweroff.target")
+        Self::check(&mut inner, "poweroff", "poweroff.target")?;
+        Self::queue_start(&mut inner, "poweroff.target");
+        Ok(())
     }
 
     fn reboot(&self) -> Result<(), SystemdError> {
         let mut inner = self.lock();
-        Self::check(&mut inner, "reboot", "reboot.target")
+        Self::check(&mut inner, "reboot", "reboot.target")?;
+        Self::queue_start(&mut inner, "reboot.target");
+        Ok(())
     }
 
     fn state(&self, unit: &str, props: &[Prop]) -> Result<ServiceState, SystemdError> {
@@ -396,8 +400,32 @@ impl Systemd for FakeSystemd {
 }
 
 impl FakeSystemd {
+    /// `unit` (a power target) gets a start job that has not run yet, as after a
+    /// `replace-irreversibly` start while the machine stops its units.
+    fn queue_start(inner: &mut Inner, unit: &str) {
+        let entry = inner.units.entry(unit.to_string()).or_insert_with(|| {
+            (
+                UnitRow::new(unit, "inactive", "dead"),
+                ServiceState::default(),
+            )
+        });
+        entry.0.job_id = 1;
+        entry.0.job_type = "start".into();
+    }
+
     /// What a job of `verb` leaves behind: the unit's states and its timer's next elapse.
+    /// Stopping a timer stops the service it triggers (of the same name) too, as `PartOf=`
+    /// does for the schedules' gates.
     fn apply(inner: &mut Inner, verb: Verb, unit: &str) {
+        if verb == Verb::Stop
+            && let Some(service) = unit
+                .strip_suffix(".timer")
+                .map(|base| format!("{base}.service"))
+            && let Some((row, _)) = inner.units.get_mut(&service)
+        {
+            row.active_state = "inactive".into();
+            row.sub_state = "dead".into();
+        }
         let timer = unit.ends_with(".timer");
         let (active, sub) = match (verb, timer) {
             (Verb::Stop, _) => ("inactive", "dead"),

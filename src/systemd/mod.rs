@@ -1,7 +1,9 @@
 //! Everything that talks to systemd: socket activation, sd_notify, unit-name escaping, D-Bus (the
-//! [`Bus`] handle behind the [`Systemd`] seam), what the kernel says of a unit (procfs), CPU quotas.
+//! [`Bus`] handle behind the [`Systemd`] seam), what the kernel says of a unit (procfs), CPU quotas,
+//! and its calendar parser (`systemd-analyze calendar`).
 
 pub mod activation;
+pub mod calendar;
 pub mod dbus;
 pub mod escape;
 #[cfg(test)]

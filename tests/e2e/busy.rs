@@ -21,6 +21,10 @@ pub const GROUP: Group = Group {
         ),
         ("cancel_and_delete_end_a_wait", cancel_and_delete_end_a_wait),
         (
+            "a_cancel_once_the_power_off_has_begun_is_409_and_the_recurring_one_stays",
+            a_cancel_once_the_power_off_has_begun_is_409_and_the_recurring_one_stays,
+        ),
+        (
             "skip_skips_and_a_recurring_schedule_stays",
             skip_skips_and_a_recurring_schedule_stays,
         ),
@@ -223,10 +227,23 @@ fn policy_and_wake_fields_are_validated(s: &Sandbox) -> Result<()> {
     clear_schedules(s)
 }
 
+/// Schedules a recurring power-off far ahead (beside the one-offs a case fires); its unit.
+fn weekly_beside(s: &Sandbox) -> Result<String> {
+    let r = send(
+        s,
+        "POST",
+        "/shutdown/schedule",
+        r#"{"calendar": "Mon 04:00"}"#,
+    )?;
+    Ok(r.expect(200)?["unit"].as_str().context("unit")?.to_string())
+}
+
 fn cancel_and_delete_end_a_wait(s: &Sandbox) -> Result<()> {
     clear_schedules(s)?;
+    let weekly = weekly_beside(s)?;
     let backup = hold_backup(s)?;
-    for how in ["cancel", "delete"] {
+    // "lost": the state file is gone while the gate waits; the gate alone lists it.
+    for how in ["cancel", "delete", "lost"] {
         let e = power_off_in(s, 2, r#", "when_busy": "wait""#)?;
         let id = e["id"].as_str().context("id")?.to_string();
         let waiting = wait_until_waiting(s, &id, "backup")?;
@@ -237,14 +254,30 @@ fn cancel_and_delete_end_a_wait(s: &Sandbox) -> Result<()> {
             .replace(".timer", ".service");
         ensure_eq!(s.active_state(&gate)?, "active", "the gate waits");
         let r = match how {
-            "cancel" => send(s, "POST", "/shutdown/cancel", "")?,
-            _ => send(s, "DELETE", &format!("/shutdown/schedules/{id}"), "")?,
+            "delete" => send(s, "DELETE", &format!("/shutdown/schedules/{id}"), "")?,
+            "lost" => {
+                s.ok(&format!("rm {STATE_FILE}"))?;
+                let listed = entry(s, &id)?.context("a gate without an entry is not listed")?;
+                ensure_eq!(listed["state"], "deciding", "{listed}");
+                send(s, "POST", "/shutdown/cancel", "")?
+            }
+            _ => send(s, "POST", "/shutdown/cancel", "")?,
         };
-        ensure_eq!(r.expect(200)?["cancelled_shutdown"]["state"], "waiting");
+        let cancelled = &r.expect(200)?["cancelled_shutdown"];
+        ensure_eq!(
+            cancelled["id"],
+            id.as_str(),
+            "{how}: another schedule was cancelled"
+        );
+        ensure_eq!(
+            cancelled["state"],
+            if how == "lost" { "deciding" } else { "waiting" }
+        );
         wait_for("the gate to stop", Duration::from_secs(10), || {
             Ok(s.active_state(&gate)? != "active")
         })?;
         ensure!(entry(s, &id)?.is_none(), "{how}: still listed");
+        ensure_eq!(listed_timers(s)?, vec![weekly.clone()], "{how}");
     }
     // The wait is over: the backup ending powers nothing off.
     s.ok(&format!("systemctl stop {backup}"))?;
@@ -253,8 +286,59 @@ fn cancel_and_delete_end_a_wait(s: &Sandbox) -> Result<()> {
         Duration::from_secs(6),
         || Ok(!s.is_down()),
     )?;
-    ensure!(listed_timers(s)?.is_empty(), "a timer is left");
-    Ok(())
+    ensure_eq!(listed_timers(s)?, vec![weekly], "a timer is left");
+    clear_schedules(s)
+}
+
+/// A unit whose stop takes 30 s, ordered so that the shutdown service, its socket, D-Bus and
+/// polkit stop only after it: a power-off stays under way that long with the API up.
+const SLOW_STOP: &str = "[Unit]
+After=shutdown-service.service shutdown-service.socket dbus.service polkit.service
+[Service]
+ExecStart=/bin/sleep infinity
+ExecStop=/bin/sleep 30
+TimeoutStopSec=60
+";
+
+fn a_cancel_once_the_power_off_has_begun_is_409_and_the_recurring_one_stays(
+    s: &Sandbox,
+) -> Result<()> {
+    clear_schedules(s)?;
+    let weekly = weekly_beside(s)?;
+    s.ok(&format!(
+        "cat > /run/systemd/system/slow-stop.service <<'EOF'\n{SLOW_STOP}EOF\nsystemctl daemon-reload && systemctl start slow-stop.service"
+    ))?;
+    let e = power_off_in(s, 2, r#", "when_busy": "proceed""#)?;
+    let id = e["id"].as_str().context("id")?.to_string();
+    wait_for("the power-off to begin", Duration::from_secs(20), || {
+        Ok(s.ok("systemctl list-jobs --no-legend --no-pager")?
+            .contains("poweroff.target"))
+    })?;
+    // Past the point of no return: 409, whichever way the cancel is asked, and nothing else
+    // is taken instead.
+    for (method, path) in [
+        ("POST", "/shutdown/cancel".to_string()),
+        ("DELETE", format!("/shutdown/schedules/{id}")),
+    ] {
+        let r = send(s, method, &path, "")?;
+        let message = r
+            .expect_error(409)
+            .with_context(|| format!("{method} {path}"))?;
+        ensure!(
+            message.contains("already powering off"),
+            "{method} {path}: {message}"
+        );
+    }
+    powers_off_within(s, Duration::from_secs(90))?;
+    boot_again(s)?;
+    // The recurring schedule is back; the one-off did its power-off.
+    ensure_eq!(listed_timers(s)?, vec![weekly]);
+    let log = previous_boot_journal(s, "shutdown-service.service")?;
+    ensure!(
+        log.contains("a power action has begun"),
+        "the service's journal does not say why it refused: {log}"
+    );
+    clear_schedules(s)
 }
 
 fn skip_skips_and_a_recurring_schedule_stays(s: &Sandbox) -> Result<()> {
