@@ -108,16 +108,6 @@ fn used_modules(code: &str) -> BTreeSet<String> {
     out
 }
 
-/// Circles of files known today, each to be broken (by the rooms' owners); the check fails on
-/// any other circle, and on one of these once it is gone, so that the list empties as they are
-/// fixed.
-const KNOWN_CIRCLES: &[&[&str]] = &[
-    // wake.rs uses schedule.rs's time parsers; schedule.rs parses the wake request.
-    &["shutdown/schedule.rs", "shutdown/wake.rs"],
-    // types.rs uses dbus.rs's interface names; dbus.rs decodes into types.rs.
-    &["systemd/dbus.rs", "systemd/types.rs"],
-];
-
 /// A file's code with its line comments removed: a doc link is not an import.
 fn without_comments(code: &str) -> String {
     code.lines()
@@ -342,23 +332,14 @@ fn no_two_files_import_each_other() {
     assert!(graph["experiment/manager.rs"].contains("experiment/config.rs"));
     assert!(graph["systemd/fake.rs"].contains("systemd/seam.rs"));
     let found = circles(&graph);
-    let known: Vec<Vec<String>> = KNOWN_CIRCLES
-        .iter()
-        .map(|c| c.iter().map(|f| f.to_string()).collect())
-        .collect();
-    let new: Vec<&Vec<String>> = found.iter().filter(|c| !known.contains(c)).collect();
     assert!(
-        new.is_empty(),
+        found.is_empty(),
         "files that import each other (each reaches the other):\n{}",
-        new.iter()
+        found
+            .iter()
             .map(|c| c.join(" <-> "))
             .collect::<Vec<_>>()
             .join("\n")
-    );
-    let fixed: Vec<&Vec<String>> = known.iter().filter(|c| !found.contains(c)).collect();
-    assert!(
-        fixed.is_empty(),
-        "no longer a circle: remove it from KNOWN_CIRCLES: {fixed:?}"
     );
 }
 

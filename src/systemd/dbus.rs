@@ -1,21 +1,12 @@
 //! The systemd and logind D-Bus calls we make, through one owned handle ([`Bus`]).
 //! A D-Bus method, property or interface used anywhere in the project is named here, once.
 
+use super::names::*;
 use super::types::{Inhibitor, JobFailure, Prop, ServiceState, SystemdError, UnitRow, Verb};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use zbus::blocking::Connection;
 use zbus::zvariant::{OwnedObjectPath, OwnedValue, Value};
-
-pub(crate) const SYSTEMD: &str = "org.freedesktop.systemd1";
-pub(crate) const SYSTEMD_PATH: &str = "/org/freedesktop/systemd1";
-pub(crate) const UNIT_PATH_PREFIX: &str = "/org/freedesktop/systemd1/unit";
-pub(crate) const MANAGER_INTERFACE: &str = "org.freedesktop.systemd1.Manager";
-pub(crate) const UNIT_INTERFACE: &str = "org.freedesktop.systemd1.Unit";
-pub(crate) const TIMER_INTERFACE: &str = "org.freedesktop.systemd1.Timer";
-/// The interface of a service unit's own properties (MainPID, NRestarts, MemoryMax, ...).
-pub(crate) const SERVICE_INTERFACE: &str = "org.freedesktop.systemd1.Service";
-pub(crate) const PROPERTIES: &str = "org.freedesktop.DBus.Properties";
 
 /// One change `EnableUnitFiles`/`DisableUnitFiles` made: kind (`symlink`, `unlink`), file, target.
 pub type UnitFileChange = (String, String, String);

@@ -3,11 +3,12 @@
 //! the order matters). [`Follower`] holds what the loop tracks between messages: the replies it
 //! waits for, the property reads not yet sent, and the syncs whose ping came back.
 
-use super::dbus::{MANAGER_INTERFACE, PROPERTIES, SYSTEMD, SYSTEMD_PATH, UNIT_PATH_PREFIX};
+use super::names::{MANAGER_INTERFACE, PROPERTIES, SYSTEMD, SYSTEMD_PATH, UNIT_PATH_PREFIX};
 use super::view::{PIPELINE_WINDOW, Signal, UnitView, extra_props};
 use super::{Bus, Prop, ServiceState, SystemdError, UnitRow};
-use crate::log_info;
+use crate::{log_err, log_info};
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use zbus::blocking::Connection;
 use zbus::message::{Builder, Message, Type};
 use zbus::zvariant::{OwnedObjectPath, OwnedValue};
@@ -270,6 +271,23 @@ impl<'a> Follower<'a> {
             shared.units.len(),
             self.view.patterns.join(" ")
         );
+    }
+}
+
+impl UnitView {
+    /// Starts following systemd (see the module's doc); returns at once, the first listing is
+    /// made by the thread.
+    pub fn watch(self: &Arc<Self>, bus: &Bus) {
+        *self.bus.lock().unwrap_or_else(|e| e.into_inner()) = Some(bus.clone());
+        let view = Arc::clone(self);
+        let bus = bus.clone();
+        std::thread::spawn(move || {
+            if let Err(e) = Follower::run(&view, &bus) {
+                log_err!("stopped following systemd's signals ({e}); every read asks systemd now");
+            }
+            view.lock().live = false;
+            view.changed.notify_all();
+        });
     }
 }
 

@@ -9,6 +9,7 @@ pub mod escape;
 #[cfg(test)]
 pub mod fake;
 mod follow;
+pub(crate) mod names;
 pub mod procfs;
 pub mod quota;
 pub mod seam;

@@ -1,7 +1,7 @@
 //! The values systemd and logind hand us over D-Bus (unit rows, inhibitors, unit properties) and
 //! the errors of calls to them, decoded; shared by the bus handle, its fake and the services.
 
-use super::dbus::{SERVICE_INTERFACE, TIMER_INTERFACE, UNIT_INTERFACE, UNIT_PATH_PREFIX};
+use super::names::{SERVICE_INTERFACE, TIMER_INTERFACE, UNIT_INTERFACE, UNIT_PATH_PREFIX};
 use serde::Deserialize;
 use zbus::zvariant::{OwnedObjectPath, OwnedValue, Type};
 

@@ -226,7 +226,7 @@ pub struct UnitView {
     pub(super) patterns: Vec<&'static str>,
     shared: Mutex<Shared>,
     pub(super) changed: Condvar,
-    bus: Mutex<Option<Bus>>,
+    pub(super) bus: Mutex<Option<Bus>>,
 }
 
 /// The properties a view keeps beside a unit's row, read at listing.
@@ -334,21 +334,6 @@ impl UnitView {
             shared.live = false;
         }
     }
-
-    /// Starts following systemd (see the module's doc); returns at once, the first listing is
-    /// made by the thread.
-    pub fn watch(self: &Arc<Self>, bus: &Bus) {
-        *self.bus.lock().unwrap_or_else(|e| e.into_inner()) = Some(bus.clone());
-        let view = Arc::clone(self);
-        let bus = bus.clone();
-        std::thread::spawn(move || {
-            if let Err(e) = super::follow::Follower::run(&view, &bus) {
-                log_err!("stopped following systemd's signals ({e}); every read asks systemd now");
-            }
-            view.lock().live = false;
-            view.changed.notify_all();
-        });
-    }
 }
 
 impl UnitView {
@@ -356,8 +341,8 @@ impl UnitView {
     /// registered first so that the thread can tell its reply; returns the serial.
     fn ping(&self, bus: &Bus) -> Result<u32, SystemdError> {
         let conn = bus.conn()?;
-        let msg = zbus::Message::method_call(super::dbus::SYSTEMD_PATH, "Ping")?
-            .destination(super::dbus::SYSTEMD)?
+        let msg = zbus::Message::method_call(super::names::SYSTEMD_PATH, "Ping")?
+            .destination(super::names::SYSTEMD)?
             .interface("org.freedesktop.DBus.Peer")?
             .build(&())?;
         let serial = msg.primary_header().serial_num().get();
