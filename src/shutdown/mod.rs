@@ -11,6 +11,7 @@ pub mod busy;
 pub mod config;
 pub mod fire;
 pub mod metrics;
+pub mod rtc;
 pub mod schedule;
 pub mod state;
 pub mod system;

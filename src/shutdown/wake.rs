@@ -9,8 +9,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::path::Path;
 
-/// The RTC alarm: seconds since the epoch when armed, empty when not.
-pub const WAKEALARM: &str = "/sys/class/rtc/rtc0/wakealarm";
+#[cfg(test)]
+use super::rtc::parse_alarm;
+pub use super::rtc::{WAKEALARM, alarm};
 /// The request fields that carry a wake time; at most one is given.
 pub const FIELDS: &[&str] = &["wake_at", "wake_after_minutes", "wake_calendar"];
 
@@ -111,38 +112,6 @@ pub fn parse_request(
 /// Whether this machine has an RTC whose alarm can wake it.
 pub fn rtc_present() -> bool {
     Path::new(WAKEALARM).exists()
-}
-
-/// The RTC alarm now (seconds since the epoch), `None` when none is armed or there is no RTC.
-pub fn alarm() -> Option<i64> {
-    parse_alarm(&std::fs::read_to_string(WAKEALARM).ok()?)
-}
-
-fn parse_alarm(text: &str) -> Option<i64> {
-    text.trim().parse().ok().filter(|t| *t > 0)
-}
-
-/// Arms the RTC alarm at `at` (root): as `rtcwake -m no`, it clears the alarm first (the kernel
-/// refuses a new one while one is armed), writes the time, and reads it back.
-pub fn arm(at: i64) -> std::io::Result<()> {
-    std::fs::write(WAKEALARM, "0")?;
-    std::fs::write(WAKEALARM, at.to_string())?;
-    match alarm() {
-        Some(t) if t == at => Ok(()),
-        other => Err(std::io::Error::other(format!(
-            "the alarm reads back as {other:?}, not {at}"
-        ))),
-    }
-}
-
-/// Clears the RTC alarm if it is `at` (root): an alarm someone else set stays. Returns what the
-/// alarm held.
-pub fn clear_if(at: i64) -> std::io::Result<Option<i64>> {
-    let held = alarm();
-    if held == Some(at) {
-        std::fs::write(WAKEALARM, "0")?;
-    }
-    Ok(held)
 }
 
 /// The next elapse of a calendar expression after `base` (seconds since the epoch), from
