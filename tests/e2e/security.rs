@@ -15,29 +15,31 @@ pub const GROUP: Group = Group {
 
 /// Each service (a template by one instance) and the highest exposure it may have, booted and
 /// offline, on bookworm (systemd 252) and trixie (systemd 257). The root-run power action and
-/// coordinator are held at 1.0; the others at what they measured when this list was written.
+/// coordinator are held at 1.0 (they measured 0.7 and 0.9 on both); the others at what they
+/// measured when this list was written.
 /// Lower a figure when a unit gets stricter; a rise is a regression to fix, not to record.
 const CEILINGS: &[Ceiling] = &[
     c(
         "homelab-power-action@poweroff.service",
-        [0.7, 0.7],
-        [0.7, 0.7],
+        [1.0, 1.0],
+        [1.0, 1.0],
     ),
     c(
         "brain-experiment-coordinator.service",
-        [0.9, 0.9],
-        [0.9, 0.9],
+        [1.0, 1.0],
+        [1.0, 1.0],
     ),
-    c("shutdown-service.service", [0.4, 0.4], [0.4, 0.4]),
-    c("inference-service.service", [0.7, 0.7], [0.7, 0.7]),
-    c("homelab-shutdown@1.service", [9.9, 9.9], [9.9, 9.9]),
-    c("homelab-reboot@1.service", [9.9, 9.9], [9.9, 9.9]),
-    c("homelab-shutdown-restore.service", [9.9, 9.9], [9.9, 9.9]),
-    c("homelab-api-token.service", [9.9, 9.9], [9.9, 9.9]),
-    c("inference-idle-check.service", [9.9, 9.9], [9.9, 9.9]),
-    c("model@x.service", [9.9, 9.9], [9.9, 9.9]),
-    c("model-proxy@x.service", [9.9, 9.9], [9.9, 9.9]),
-    c("brain-experiment@x.service", [9.9, 9.9], [9.9, 9.9]),
+    c("shutdown-service.service", [0.2, 0.4], [0.2, 0.2]),
+    c("inference-service.service", [0.4, 0.6], [0.4, 0.4]),
+    c("homelab-shutdown@1.service", [0.2, 0.4], [0.2, 0.2]),
+    c("homelab-reboot@1.service", [0.2, 0.4], [0.2, 0.2]),
+    c("homelab-shutdown-restore.service", [0.2, 0.4], [0.2, 0.2]),
+    c("homelab-api-token.service", [0.7, 0.9], [0.7, 0.7]),
+    c("inference-idle-check.service", [0.3, 0.4], [0.3, 0.3]),
+    // Model servers need GPUs, JIT and the network; experiments run what they are given.
+    c("model@x.service", [1.8, 1.8], [1.8, 1.8]),
+    c("model-proxy@x.service", [1.1, 1.1], [1.1, 1.1]),
+    c("brain-experiment@x.service", [1.8, 2.0], [1.8, 1.8]),
 ];
 
 /// A unit's ceilings: `[booted, offline]` on bookworm, then on trixie.
