@@ -289,4 +289,28 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "a 2\n");
         std::fs::remove_dir_all(&dir).unwrap();
     }
+
+    #[test]
+    fn a_symlink_planted_at_the_temporary_name_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("homelab.prom");
+        // What another user of the folder could plant: the temporary name, pointing elsewhere.
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "untouched\n").unwrap();
+        let tmp = dir
+            .path()
+            .join(format!(".homelab.prom.tmp-{}", std::process::id()));
+        std::os::unix::fs::symlink(&victim, &tmp).unwrap();
+        assert!(write_textfile(&path, "a 1\n").unwrap());
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched\n");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "a 1\n");
+        assert!(
+            !std::fs::symlink_metadata(&path)
+                .unwrap()
+                .file_type()
+                .is_symlink(),
+            "the textfile is a link"
+        );
+        assert!(!tmp.exists() && std::fs::symlink_metadata(&tmp).is_err());
+    }
 }

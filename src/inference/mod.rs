@@ -117,7 +117,7 @@ impl InferenceService {
 
     /// Starts, stops or restarts the model's unit and answers with how systemd's job ended: a
     /// start that fails (the model server cannot be run, or its unit's start times out) is a 502
-    /// with the job's and the unit's result and its last journal lines.
+    /// with the job's and the unit's result, and the command that shows the unit's journal.
     fn act(&self, raw: &str, verb: Verb) -> Result<Response, ApiError> {
         let model = self.model(raw)?;
         let unit = model.unit();
@@ -137,6 +137,17 @@ impl InferenceService {
                 verb.as_str(),
                 error.message
             );
+            // This network-facing service is not in the systemd-journal group (a compromise
+            // would read the whole journal), so it has no journal lines to give: it says where
+            // an administrator reads them.
+            if error
+                .extra
+                .as_mut()
+                .and_then(|x| x.remove("journal"))
+                .is_some()
+            {
+                error = error.with_extra("journal_command", json!(format!("journalctl -u {unit}")));
+            }
             error
         })?;
         let done = match verb {
@@ -445,7 +456,11 @@ mod tests {
         assert_eq!(r.body["job_result"], "failed");
         assert_eq!(r.body["result"], "exit-code");
         assert_eq!(r.body["unit"], "model@llama.env.service");
-        assert!(!r.body["journal"].as_array().unwrap().is_empty());
+        assert_eq!(r.body["journal"], Value::Null);
+        assert_eq!(
+            r.body["journal_command"],
+            "journalctl -u model@llama.env.service"
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@ use super::schedule::{self, Conflict, Pending};
 use super::schedules::{Outcome, Schedules};
 use super::state::StateStore;
 use super::system;
-use super::wake::{self, Wake};
+use super::wake::Wake;
 use crate::experiment::config::{TEMPLATE_PATTERN, TRANSIENT_PATTERN};
 use crate::http::auth::Auth;
 use crate::http::{self, ApiError, Method, Request, Response, Service};
@@ -118,7 +118,7 @@ impl ShutdownService {
             if !self.rtc.present() {
                 return Err(ApiError::bad_request(format!(
                     "this machine has no RTC wake alarm ({} is missing), so nothing can wake it after a power-off: send the schedule without \"wake_at\", \"wake_after_minutes\" or \"wake_calendar\"",
-                    wake::WAKEALARM
+                    super::rtc::WAKEALARM
                 )));
             }
             if let Wake::Calendar(c) = wake {

@@ -198,7 +198,7 @@ impl Gate<'_> {
         if !self.rtc.present() {
             return Err(format!(
                 "this machine has no RTC wake alarm ({} is missing)",
-                super::wake::WAKEALARM
+                super::rtc::WAKEALARM
             ));
         }
         w.after(self.clock.now()).map_err(|e| e.to_string())

@@ -40,6 +40,6 @@ impl Rtc for SystemRtc {
         wake::rtc_present()
     }
     fn alarm(&self) -> Option<i64> {
-        wake::alarm()
+        super::rtc::alarm()
     }
 }

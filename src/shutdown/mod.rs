@@ -21,6 +21,7 @@ pub mod fire;
 pub mod machine;
 pub mod metrics;
 pub mod restore;
+pub mod rtc;
 pub mod schedule;
 pub mod schedules;
 pub mod state;

@@ -10,8 +10,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::path::Path;
 
-/// The RTC alarm: seconds since the epoch when armed, empty when not.
-pub const WAKEALARM: &str = "/sys/class/rtc/rtc0/wakealarm";
 /// The request fields that carry a wake time; at most one is given.
 pub const FIELDS: &[&str] = &["wake_at", "wake_after_minutes", "wake_calendar"];
 
@@ -138,39 +136,7 @@ pub fn parse_request(
 
 /// Whether this machine has an RTC whose alarm can wake it.
 pub fn rtc_present() -> bool {
-    Path::new(WAKEALARM).exists()
-}
-
-/// The RTC alarm now (seconds since the epoch), `None` when none is armed or there is no RTC.
-pub fn alarm() -> Option<i64> {
-    parse_alarm(&std::fs::read_to_string(WAKEALARM).ok()?)
-}
-
-fn parse_alarm(text: &str) -> Option<i64> {
-    text.trim().parse().ok().filter(|t| *t > 0)
-}
-
-/// Arms the RTC alarm at `at` (root): as `rtcwake -m no`, it clears the alarm first (the kernel
-/// refuses a new one while one is armed), writes the time, and reads it back.
-pub fn arm(at: i64) -> std::io::Result<()> {
-    std::fs::write(WAKEALARM, "0")?;
-    std::fs::write(WAKEALARM, at.to_string())?;
-    match alarm() {
-        Some(t) if t == at => Ok(()),
-        other => Err(std::io::Error::other(format!(
-            "the alarm reads back as {other:?}, not {at}"
-        ))),
-    }
-}
-
-/// Clears the RTC alarm if it is `at` (root): an alarm someone else set stays. Returns what the
-/// alarm held.
-pub fn clear_if(at: i64) -> std::io::Result<Option<i64>> {
-    let held = alarm();
-    if held == Some(at) {
-        std::fs::write(WAKEALARM, "0")?;
-    }
-    Ok(held)
+    Path::new(super::rtc::WAKEALARM).exists()
 }
 
 #[cfg(test)]
@@ -277,11 +243,5 @@ mod tests {
             Wake::Calendar("not a time".into()).after(1_795_000_000),
             Err(NoWake::Unknown(CalendarError::Invalid(_)))
         ));
-    }
-
-    #[test]
-    fn alarms_parse() {
-        assert_eq!(parse_alarm("1700000000\n"), Some(1_700_000_000));
-        assert_eq!(parse_alarm("\n"), None);
     }
 }

@@ -9,6 +9,8 @@ mod hostile;
 mod inference;
 mod package;
 mod platform;
+mod reboot_busy;
+mod security;
 mod shutdown;
 
 fn main() -> std::process::ExitCode {
@@ -22,6 +24,8 @@ fn main() -> std::process::ExitCode {
         shutdown::POWER_GROUP,
         shutdown::REBOOT_GROUP,
         busy::GROUP,
+        reboot_busy::GROUP,
         package::GROUP,
+        security::GROUP,
     ])
 }

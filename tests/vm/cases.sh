@@ -9,8 +9,11 @@
 # line): boot 1 runs the other cases, then schedules a daily power-off with a wake time over HTTP
 # and lets it fire; boot 2 checks the alarm that power-off armed against what the product
 # recorded, writes it back (what the firmware keeps on a real machine, and qemu does not) and
-# deletes the schedule, then has a second one fire; boot 3 sets another alarm and deletes that
-# second schedule. Naming any wake case runs all three.
+# deletes the schedule, then sets the machine's zone to Atlantic/Reykjavik (offset 0, no daylight
+# saving) and has a second one, with a wake_calendar, fire; boot 3 checks that alarm, sets
+# another alarm and deletes that second schedule, has abc ask root to clear an alarm root did not
+# set, and arms an alarm on a local-time RTC (/etc/adjtime LOCAL) with the power-off itself made
+# to fail (poweroff.target masked), so no fourth boot is needed. Naming any wake case runs them all.
 #
 # Report, on the second serial port (a file on the host; tests/vm/vm.sh reads it):
 #   cases NAME...        the cases about to run (boot 1)
@@ -313,28 +316,48 @@ services_up() {
     wait_for "GET /health of the shutdown service" 60 healthy
 }
 
-# Schedules over HTTP a daily power-off a few seconds ahead (the VM's local time) that wakes
-# the machine 60 minutes after it and proceeds even when busy, with homelab-vm-wakealarm.service
-# started to print the alarm when the power-off stops it. Records "ID DUE" in $STATE/NAME.
+# The zone of the machine's wall clock, as timedatectl set-timezone sets it; the shutdown
+# service is stopped so that its next start (its socket stays) reads the new zone.
+set_zone() {
+    ln -sf "/usr/share/zoneinfo/$1" /etc/localtime
+    echo "$1" >/etc/timezone
+    systemctl stop shutdown-service.service
+}
+
+# Schedules over HTTP a daily power-off a few seconds ahead (the VM's local time) that proceeds
+# even when busy, with homelab-vm-wakealarm.service started to print the alarm when the power-off
+# stops it; the first wakes the machine 60 minutes after it (wake_after_minutes), the second, in
+# Atlantic/Reykjavik, at a wake_calendar 60 minutes after it, which the entry shows as its wake
+# time. Records "ID DUE" in $STATE/NAME.
 schedule_wake_poweroff() {
-    local name=$1 due cal body code id
+    local name=$1 due cal wake body code id want
+    if [ "$name" = second ]; then set_zone Atlantic/Reykjavik; fi
     services_up
     echo 0 >"$WAKEALARM"
     systemctl start homelab-vm-wakealarm.service || fail "systemctl start homelab-vm-wakealarm.service failed"
     due=$(($(date +%s) + 10))
     cal=$(date -d "@$due" +%H:%M:%S)
-    body=$(jq -nc --arg c "$cal" '{calendar: $c, wake_after_minutes: 60, when_busy: "proceed"}')
+    if [ "$name" = second ]; then
+        wake=$(date -d "@$((due + 3600))" +%H:%M:%S)
+        body=$(jq -nc --arg c "$cal" --arg w "$wake" '{calendar: $c, wake_calendar: $w, when_busy: "proceed"}')
+        want='.wake_calendar == $w'
+    else
+        body=$(jq -nc --arg c "$cal" '{calendar: $c, wake_after_minutes: 60, when_busy: "proceed"}')
+        want='.wake_after_minutes == 60'
+    fi
     code=$(api POST /shutdown/schedule "$body")
     [ "$code" = 200 ] || fail "POST /shutdown/schedule $body answered $code: $(cat "$ANSWER")"
     id=$(jq -r .shutdown.id "$ANSWER")
-    jq -e '.shutdown | .kind == "recurring" and .action == "poweroff" and .wake_after_minutes == 60
-        and .when_busy == "proceed" and .wake_alarm_set == null and .state == "pending"' "$ANSWER" >/dev/null ||
-        fail "the new schedule's entry is not a pending daily power-off waking after 60 minutes: $(jq -c .shutdown "$ANSWER")"
+    jq -e --arg w "${wake:-}" ".shutdown | .kind == \"recurring\" and .action == \"poweroff\" and $want
+        and .when_busy == \"proceed\" and .wake_alarm_set == null and .state == \"pending\"" "$ANSWER" >/dev/null ||
+        fail "the new schedule's entry is not a pending daily power-off with its wake time ($want): $(jq -c .shutdown "$ANSWER")"
     [ "$(epoch "$(jq -r .shutdown.next_elapse "$ANSWER")")" = "$due" ] ||
         fail "next_elapse $(jq -r .shutdown.next_elapse "$ANSWER") is not $cal today ($due)"
     mkdir -p "$STATE"
     echo "$id $due" >"$STATE/$name"
-    measured "boot $PHASE: POST $body -> id $id, next_elapse $(jq -r .shutdown.next_elapse "$ANSWER") (epoch $due); waiting for it to power off"
+    # The wake time the entry shows, checked in the next boot (the power-off comes either way).
+    jq -r .shutdown.wake_at "$ANSWER" >"$STATE/$name-wake-at"
+    measured "boot $PHASE: zone $(cat /etc/timezone 2>/dev/null), POST $body -> id $id, next_elapse $(jq -r .shutdown.next_elapse "$ANSWER") (epoch $due), wake_at $(jq -r .shutdown.wake_at "$ANSWER"); waiting for it to power off"
 }
 
 # Waits for the power-off the schedule brings (systemd then stops this script); returns after
@@ -375,8 +398,15 @@ check_armed() {
     measured "entry after the boot: $(jq -c '{state, wake_after_minutes, wake_alarm_set, next_elapse}' <<<"$e")"
     [ "$(epoch "$(jq -r .wake_alarm_set <<<"$e")")" = "$E" ] ||
         fail "wake_alarm_set $(jq -r .wake_alarm_set <<<"$e") is not the alarm the power-off armed ($E)"
-    jq -e '.state == "pending" and .wake_after_minutes == 60' <<<"$e" >/dev/null ||
-        fail "the daily schedule is not pending again with wake_after_minutes 60: $e"
+    if [ "$name" = second ]; then
+        # A calendar wake is exact: the alarm is the wake_calendar's time, with no gate delay.
+        [ "$E" = $((due + 3600)) ] || fail "the alarm $E is not the wake_calendar's time $((due + 3600))"
+        jq -e '.state == "pending" and .wake_calendar != null' <<<"$e" >/dev/null ||
+            fail "the daily schedule is not pending again with its wake_calendar: $e"
+    else
+        jq -e '.state == "pending" and .wake_after_minutes == 60' <<<"$e" >/dev/null ||
+            fail "the daily schedule is not pending again with wake_after_minutes 60: $e"
+    fi
     journalctl -b -1 -o cat --no-pager -u 'homelab-power-action@*' >"/run/vm-actor-$name.log"
     sed 's/^/  journal -b -1: /' "/run/vm-actor-$name.log" >&2
     grep -qF "wake alarm set for $E (" "/run/vm-actor-$name.log" ||
@@ -415,11 +445,27 @@ wake_alarm_cleared_on_delete() {
     [ -z "$(entry_of "$ID")" ] || fail "schedule $ID is still listed after the delete"
 }
 
+# (boot 3) In Atlantic/Reykjavik (offset 0, where systemd-analyze prints GMT and no "(in UTC)"
+# line), the daily schedule's wake_calendar armed the alarm at its time.
+wake_calendar_in_a_zone_at_offset_0() {
+    local due shown
+    read -r _ due <"$STATE/second" || fail "no schedule recorded by boot 2"
+    shown=$(cat "$STATE/second-wake-at")
+    measured "the entry's wake_at when scheduled: $shown (the wake_calendar's time: $((due + 3600)))"
+    # The entry shows the wake time: the wake_calendar's next elapse after the power-off.
+    [ "$(epoch "$shown")" = "$((due + 3600))" ] ||
+        fail "in $(cat /etc/timezone) the entry's wake_at was $shown, not $(date -d "@$((due + 3600))" +%T) ($((due + 3600)))"
+    check_armed second
+    measured "zone $(cat /etc/timezone); systemd-analyze: $(systemd-analyze calendar "$(jq -r .wake_calendar <<<"$(entry_of "$ID")")" | grep -E 'Next elapse|in UTC' | tr -s ' ' | tr '\n' ';')"
+}
+
 # (boot 3) An alarm that is not the schedule's stays when the schedule is deleted; a schedule that
 # never armed one does not touch it either.
 foreign_wake_alarm_kept() {
     local foreign code id3
-    check_armed second
+    E=$(kernel_arg wakealarm)
+    read -r ID _ <"$STATE/second" || fail "no schedule recorded by boot 2"
+    [ -n "$E" ] || fail "the power-off at the end of boot 2 armed no alarm"
     foreign=$((E + 900))
     echo 0 >"$WAKEALARM"
     echo "$foreign" >"$WAKEALARM"
@@ -442,9 +488,68 @@ foreign_wake_alarm_kept() {
     echo 0 >"$WAKEALARM"
 }
 
+# (boot 3) abc reads the world-readable wakealarm and asks root to clear that alarm, which root
+# did not set (rtcwake did, say): the alarm stays, and the journal says why.
+abc_cannot_clear_an_alarm_root_did_not_set() {
+    local foreign=$(($(date +%s) + 5000)) unit
+    echo 0 >"$WAKEALARM"
+    echo "$foreign" >"$WAKEALARM"
+    unit=homelab-power-action@clear-wake-$(alarm).service
+    runuser -u abc -- systemctl start "$unit" || fail "abc could not start $unit (polkit allows it)"
+    measured "rtcwake-style alarm $foreign; as abc: systemctl start $unit; wakealarm now '$(alarm)'"
+    [ "$(alarm)" = "$foreign" ] || fail "the alarm $foreign became '$(alarm)' when abc asked to clear it"
+    journalctl -b -o cat --no-pager -u "$unit" | grep -qF "root did not set $foreign, so it is not root's to clear" ||
+        fail "no journal line of $unit saying the alarm is not root's to clear"
+    echo 0 >"$WAKEALARM"
+}
+
+# (boot 3) With /etc/adjtime saying LOCAL, the alarm root writes is the wake time shifted by the
+# zone's offset at that time, as rtcwake writes it, so that the RTC, counting the wall clock,
+# reaches it at the wake time's wall-clock moment; it reads back (GET /shutdown/system) as the
+# wake time. The power-off is made to fail (poweroff.target masked for this boot): root's record
+# stays, abc's clear of the raw value (not a time root set) leaves the alarm, and a later cancel's
+# clear of the wake time clears it.
+local_time_rtc_is_shifted_as_rtcwake_does() {
+    local zone=Europe/Berlin at raw want offset unit code shown
+    set_zone "$zone"
+    printf '0.0 0 0.0\n0\nLOCAL\n' >/etc/adjtime
+    systemctl mask --runtime poweroff.target
+    echo 0 >"$WAKEALARM"
+    at=$(($(date +%s) + 7200))
+    unit=homelab-power-action@poweroff-wake-$at.service
+    if runuser -u abc -- systemctl start "$unit"; then fail "$unit succeeded with poweroff.target masked"; fi
+    raw=$(alarm)
+    # rtcwake's correction: the zone's wall clock at the wake time, counted as if it were UTC.
+    want=$(date -u -d "$(TZ=$zone date -d "@$at" '+%F %T')" +%s)
+    offset=$(TZ=$zone date -d "@$at" +%z)
+    measured "zone $zone, adjtime LOCAL, wake at $at ($(TZ=$zone date -d "@$at" '+%F %T %Z')): wakealarm $raw, rtcwake's value $want (offset $offset)"
+    [ "$raw" = "$want" ] || fail "the RTC holds '$raw', not the local-time value $want of $at"
+    [ "$raw" != "$at" ] || fail "the RTC holds the UTC epoch $at unshifted"
+    [ "$(date -u -d "@$raw" '+%F %T')" = "$(TZ=$zone date -d "@$at" '+%F %T')" ] ||
+        fail "the RTC's wall clock at the alarm is not the zone's wall clock at the wake time"
+    journalctl -b -o cat --no-pager -u "$unit" | grep -qF "wake alarm set for $at (" ||
+        fail "no line 'wake alarm set for $at (' of $unit"
+    jq -e --argjson at "$at" '.armed.at == $at' /var/lib/homelab-power/wake-alarm.json >/dev/null ||
+        fail "root's record does not keep $at after the failed power-off: $(cat /var/lib/homelab-power/wake-alarm.json)"
+    shown=$(curl -sS --max-time 60 localhost:5001/shutdown/system | jq -r .wake.alarm)
+    measured "GET /shutdown/system wake.alarm: $shown"
+    [ "$(epoch "$shown")" = "$at" ] || fail "GET /shutdown/system shows the alarm as $shown, not $at"
+    runuser -u abc -- systemctl start "homelab-power-action@clear-wake-$raw.service" ||
+        fail "abc could not start homelab-power-action@clear-wake-$raw.service"
+    [ "$(alarm)" = "$raw" ] || fail "clear-wake-$raw (the raw value, not a time root set) changed the alarm to '$(alarm)'"
+    runuser -u abc -- systemctl start "homelab-power-action@clear-wake-$at.service" ||
+        fail "abc could not start homelab-power-action@clear-wake-$at.service"
+    measured "after clear-wake-$raw: kept; after clear-wake-$at: wakealarm '$(alarm)'"
+    [ -z "$(alarm)" ] || fail "clear-wake-$at left the alarm '$(alarm)'"
+    systemctl unmask --runtime poweroff.target
+    printf '0.0 0 0.0\n0\nUTC\n' >/etc/adjtime
+    set_zone Etc/UTC
+}
+
 CASES=(oom_kill_and_restart cpu_quota_from_env cpu_quota_from_brainctl_run slice_budget
     heat_throttles_and_freezes memory_in_status)
-WAKE_CASES=(wake_alarm_set_at_poweroff wake_alarm_cleared_on_delete foreign_wake_alarm_kept)
+WAKE_CASES=(wake_alarm_set_at_poweroff wake_alarm_cleared_on_delete wake_calendar_in_a_zone_at_offset_0
+    foreign_wake_alarm_kept abc_cannot_clear_an_alarm_root_did_not_set local_time_rtc_is_shifted_as_rtcwake_does)
 CASES+=("${WAKE_CASES[@]}")
 if [ $# -gt 0 ]; then
     CASES=()
@@ -514,10 +619,14 @@ case $PHASE in
     2)
         run_case wake_alarm_set_at_poweroff
         run_case wake_alarm_cleared_on_delete
-        end_with_poweroff second foreign_wake_alarm_kept
+        end_with_poweroff second wake_calendar_in_a_zone_at_offset_0 foreign_wake_alarm_kept \
+            abc_cannot_clear_an_alarm_root_did_not_set local_time_rtc_is_shifted_as_rtcwake_does
         ;;
     3)
+        run_case wake_calendar_in_a_zone_at_offset_0
         run_case foreign_wake_alarm_kept
+        run_case abc_cannot_clear_an_alarm_root_did_not_set
+        run_case local_time_rtc_is_shifted_as_rtcwake_does
         ;;
 esac
 reset >/dev/null 2>&1
