@@ -6,7 +6,7 @@
 pub fn resolve_program(
     program: &str,
     path: Option<&std::ffi::OsStr>,
-) -> Result<std::path::PathBuf, String> {
+) -> anyhow::Result<std::path::PathBuf> {
     use std::os::unix::fs::PermissionsExt;
     let executable = |p: &std::path::Path| {
         std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
@@ -14,10 +14,10 @@ pub fn resolve_program(
     if program.contains('/') {
         let p = std::path::PathBuf::from(program);
         if !p.is_absolute() {
-            return Err(format!("{program:?} is relative: give an absolute path"));
+            anyhow::bail!("{program:?} is relative: give an absolute path");
         }
         if !executable(&p) {
-            return Err(format!("{program:?} is not an executable file"));
+            anyhow::bail!("{program:?} is not an executable file");
         }
         return Ok(p);
     }
@@ -25,12 +25,12 @@ pub fn resolve_program(
         .flat_map(std::env::split_paths)
         .map(|d| d.join(program))
         .find(|p| executable(p))
-        .ok_or_else(|| format!("{program:?} is not found in PATH: give its absolute path"))
+        .ok_or_else(|| anyhow::anyhow!("{program:?} is not found in PATH: give its absolute path"))
 }
 
 /// Splits `line` into words: whitespace separates; `'…'` is literal; `"…"` and bare words take
 /// `\` as an escape. An unterminated quote or a trailing `\` is an error.
-pub fn split_words(line: &str) -> Result<Vec<String>, String> {
+pub fn split_words(line: &str) -> anyhow::Result<Vec<String>> {
     let mut words = Vec::new();
     let mut word = String::new();
     let mut in_word = false;
@@ -49,7 +49,7 @@ pub fn split_words(line: &str) -> Result<Vec<String>, String> {
                     match chars.next() {
                         Some('\'') => break,
                         Some(c) => word.push(c),
-                        None => return Err("unterminated ' quote".into()),
+                        None => anyhow::bail!("unterminated ' quote"),
                     }
                 }
             }
@@ -58,15 +58,23 @@ pub fn split_words(line: &str) -> Result<Vec<String>, String> {
                 loop {
                     match chars.next() {
                         Some('"') => break,
-                        Some('\\') => word.push(chars.next().ok_or("unterminated \" quote")?),
+                        Some('\\') => word.push(
+                            chars
+                                .next()
+                                .ok_or_else(|| anyhow::anyhow!("unterminated \" quote"))?,
+                        ),
                         Some(c) => word.push(c),
-                        None => return Err("unterminated \" quote".into()),
+                        None => anyhow::bail!("unterminated \" quote"),
                     }
                 }
             }
             '\\' => {
                 in_word = true;
-                word.push(chars.next().ok_or("trailing backslash")?);
+                word.push(
+                    chars
+                        .next()
+                        .ok_or_else(|| anyhow::anyhow!("trailing backslash"))?,
+                );
             }
             c => {
                 in_word = true;

@@ -104,13 +104,14 @@ pub fn describe(e: &serde_json::Error) -> String {
 }
 
 /// What a state file holds: missing is `None`; unusable (refused, unreadable, corrupt) says why.
-fn parse<T: DeserializeOwned>(path: &Path, max: u64) -> Result<Option<T>, String> {
+fn parse<T: DeserializeOwned>(path: &Path, max: u64) -> anyhow::Result<Option<T>> {
     match read_regular(path, max) {
+        // The error describes where the JSON is wrong, never what it holds.
         Ok(bytes) => serde_json::from_slice(&bytes)
             .map(Some)
-            .map_err(|e| describe(&e)),
+            .map_err(|e| anyhow::anyhow!(describe(&e))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(e.into()),
     }
 }
 

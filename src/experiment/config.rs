@@ -102,7 +102,7 @@ pub fn id_of(unit: &str) -> Option<String> {
 
 /// Letters, digits, `_`, `-`, `.`; no path separators; at most 64 bytes.
 pub fn validate_id(id: &str) -> anyhow::Result<()> {
-    escape::validate_name("experiment id", id, ID_MAX).map_err(anyhow::Error::msg)
+    escape::validate_name("experiment id", id, ID_MAX)
 }
 
 /// A size as systemd's `MemoryMax=` takes it: bytes, or a number with K, M, G, T (powers of 1024).

@@ -85,7 +85,7 @@ pub const TEMPLATES: &[&str] = &[UNIT_TEMPLATE, "model-proxy@.service", "model-p
 /// Checks a model name from a URL: the rules of [`escape::validate_name`], and its escaped
 /// form fits a unit name of each of [`TEMPLATES`].
 pub fn validate(name: &str) -> anyhow::Result<()> {
-    escape::validate_name_for("model name", name, NAME_MAX, TEMPLATES).map_err(anyhow::Error::msg)
+    escape::validate_name_for("model name", name, NAME_MAX, TEMPLATES)
 }
 
 /// The models in `dir`, sorted by name. Files whose names are not valid model names are left out

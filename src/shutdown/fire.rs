@@ -194,14 +194,14 @@ impl Gate<'_> {
     }
 
     /// The wake time of a power-off now, or why there is none.
-    fn wake_time(&self, w: &Wake) -> Result<i64, String> {
+    fn wake_time(&self, w: &Wake) -> anyhow::Result<i64> {
         if !self.rtc.present() {
-            return Err(format!(
+            anyhow::bail!(
                 "this machine has no RTC wake alarm ({} is missing)",
                 super::rtc::WAKEALARM
-            ));
+            );
         }
-        w.after(self.clock.now()).map_err(|e| e.to_string())
+        Ok(w.after(self.clock.now())?)
     }
 }
 

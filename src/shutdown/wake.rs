@@ -66,6 +66,8 @@ impl std::fmt::Display for NoWake {
     }
 }
 
+impl std::error::Error for NoWake {}
+
 /// The wake field of a request body, if any, checked against the schedule it comes with:
 /// `one_off_at` is the power-off time of a one-off schedule (`None`: recurring), `reboot`
 /// whether it reboots (a reboot comes back by itself).

@@ -87,7 +87,7 @@ pub const NAME_TEMPLATES: &[&str] = &[
 /// an experiment id): letters, digits, `-`, `_`, `.`; not starting with `.`; 1..=`max` bytes;
 /// and, escaped, short enough for a unit name of every template in [`NAME_TEMPLATES`].
 /// The error says what is wrong and what to use instead.
-pub fn validate_name(what: &str, name: &str, max: usize) -> Result<(), String> {
+pub fn validate_name(what: &str, name: &str, max: usize) -> anyhow::Result<()> {
     validate_name_for(what, name, max, NAME_TEMPLATES)
 }
 
@@ -98,22 +98,22 @@ pub fn validate_name_for(
     name: &str,
     max: usize,
     templates: &[&str],
-) -> Result<(), String> {
+) -> anyhow::Result<()> {
     validate_chars(what, name, max)?;
     for template in templates {
         if template_instance(template, name).is_none() {
             let len = template.len() + libsystemd::unit::escape_name(name).len();
             let shown: String = name.chars().take(40).collect();
             let more = if name.len() > 40 { "…" } else { "" };
-            return Err(format!(
+            anyhow::bail!(
                 "{what} \"{shown}{more}\" is too long for a unit name: as {template} it would be {len} bytes, at most {UNIT_NAME_MAX} are allowed (each '-' counts 4 bytes); use a shorter name"
-            ));
+            );
         }
     }
     Ok(())
 }
 
-fn validate_chars(what: &str, name: &str, max: usize) -> Result<(), String> {
+fn validate_chars(what: &str, name: &str, max: usize) -> anyhow::Result<()> {
     let shown: String = name.chars().take(40).flat_map(char::escape_debug).collect();
     let shown = if name.chars().count() > 40 {
         format!("{shown}…")
@@ -121,29 +121,25 @@ fn validate_chars(what: &str, name: &str, max: usize) -> Result<(), String> {
         shown
     };
     if name.is_empty() {
-        return Err(format!(
-            "{what} is empty: use letters, digits, '-', '_' and '.'"
-        ));
+        anyhow::bail!("{what} is empty: use letters, digits, '-', '_' and '.'");
     }
     if name.len() > max {
-        return Err(format!(
+        anyhow::bail!(
             "{what} \"{shown}\" is {} bytes long: at most {max} are allowed",
             name.len()
-        ));
+        );
     }
     if name.starts_with('.') {
-        return Err(format!(
-            "{what} \"{shown}\" starts with '.': hidden names and '..' are not allowed"
-        ));
+        anyhow::bail!("{what} \"{shown}\" starts with '.': hidden names and '..' are not allowed");
     }
     if let Some(c) = name
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
     {
-        return Err(format!(
+        anyhow::bail!(
             "{what} \"{shown}\" is invalid: {:?} is not allowed; use letters, digits, '-', '_' and '.'",
             c
-        ));
+        );
     }
     Ok(())
 }
@@ -234,10 +230,14 @@ mod tests {
         for bad in [
             "", "../x", "a/b", "a*", "?", ".hidden", "x y", "a\nb", "x\u{0}", "é",
         ] {
-            let e = validate_name("model name", bad, 255).unwrap_err();
+            let e = validate_name("model name", bad, 255)
+                .unwrap_err()
+                .to_string();
             assert!(e.starts_with("model name"), "{bad:?}: {e}");
         }
-        let e = validate_name("model name", &"a".repeat(10_000), 255).unwrap_err();
+        let e = validate_name("model name", &"a".repeat(10_000), 255)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("10000 bytes") && e.len() < 200, "{e}");
         // x.service is a fine file name; it is escaped into the instance, never a unit of its own.
         assert!(validate_name("model name", "x.service", 255).is_ok());
@@ -247,10 +247,14 @@ mod tests {
     fn escaped_names_must_fit_a_unit_name() {
         // 64 '-' are 256 bytes escaped: no template can take them, and nothing panics.
         let dashes = "-".repeat(64);
-        let e = validate_name("model name", &dashes, 255).unwrap_err();
+        let e = validate_name("model name", &dashes, 255)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("too long for a unit name"), "{e}");
         assert!(e.contains("model@.service") || e.contains("brain-experiment@.service"));
-        let e = validate_name_for("model name", &dashes, 255, &["model@.service"]).unwrap_err();
+        let e = validate_name_for("model name", &dashes, 255, &["model@.service"])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("as model@.service it would be 270 bytes"), "{e}");
         // The experiment file of the report: a + 63 '-'.
         let id = format!("a{}", "-".repeat(63));
