@@ -512,6 +512,15 @@ mod tests {
         assert_eq!(fake.active_state(&unit).as_deref(), Some("inactive"));
         assert_eq!(get(&svc, "/shutdown/schedules").body["count"], 0);
         assert!(state_units(dir.path()).is_empty());
+        // Nothing fired and nothing was stale: whether the machine goes down was never asked.
+        assert!(
+            !fake
+                .calls()
+                .iter()
+                .any(|c| c.contains("homelab-power-action@")),
+            "{:?}",
+            fake.calls()
+        );
         // Nothing left to cancel: 404, and no stop is asked.
         let stops = fake
             .calls()

@@ -144,13 +144,7 @@ impl Schedules {
         // Only asked when something fires: a read of idle schedules costs no extra call.
         let acting = match down {
             Some(down) => down,
-            None if firing_gates.is_empty()
-                && !timers
-                    .iter()
-                    .any(|(_, t)| t.is_some_and(|t| t.row.sub_state == "running")) =>
-            {
-                false
-            }
+            None if !any_firing(units) => false,
             None => self.power_action_begun()?,
         };
         let now = Local::now().timestamp();
@@ -236,10 +230,18 @@ impl Schedules {
     /// action has begun: state entries whose timer systemd no longer has, or has inactive
     /// (stopped behind our back, or elapsed and done), and whose gate does not run, are
     /// dropped. A timer that is firing or elapsed keeps its entry, and while the machine goes
-    /// down (which stops every timer) nothing is dropped: the restore starts them again.
+    /// down (which stops every timer) nothing is dropped: the restore starts them again. Whether
+    /// it goes down is asked of systemd only when something fires or an entry would be dropped,
+    /// so a request that changes one pending timer costs no extra read.
     fn pending_pruned(&self) -> Result<(Vec<Pending>, bool), ApiError> {
         let units = self.units()?;
-        let down = self.power_action_begun()?;
+        let stale = self
+            .store
+            .load()
+            .schedules
+            .keys()
+            .any(|unit| !keeps_entry(&units, unit));
+        let down = (stale || any_firing(&units)) && self.power_action_begun()?;
         let state = if down {
             self.store.load()
         } else {
@@ -410,6 +412,18 @@ fn powering_off(target: Option<&Pending>, now: DateTime<Local>) -> ApiError {
         ),
     )
     .with_extra("schedule", target.entry(now))
+}
+
+/// Whether a schedule's gate runs, or its timer says its unit runs.
+fn any_firing(units: &[ViewUnit]) -> bool {
+    units.iter().any(|u| {
+        let up = matches!(
+            u.row.active_state.as_str(),
+            "active" | "activating" | "reloading"
+        );
+        (up && schedule::timer_of(&u.row.name).is_some())
+            || (u.row.name.ends_with(".timer") && u.row.sub_state == "running")
+    })
 }
 
 /// Whether the state entry of `unit` stays: systemd still has its timer, and not inactive, or
