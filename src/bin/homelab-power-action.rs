@@ -80,7 +80,10 @@ fn main() -> ExitCode {
                             wake::WAKEALARM
                         )
                     })?;
-                    log_info!("wake alarm set for {at} ({})", homelab::time::epoch_rfc3339(at));
+                    log_info!(
+                        "wake alarm set for {at} ({})",
+                        homelab::time::epoch_rfc3339(at)
+                    );
                 }
                 log_warn!("{} fired: powering off now", own_unit());
                 record("poweroff");
@@ -100,7 +103,10 @@ fn main() -> ExitCode {
 /// Clears the wake alarm if it is still the one a cancelled schedule set.
 fn clear(at: i64) -> anyhow::Result<()> {
     match wake::clear_if(at) {
-        Ok(Some(held)) if held == at => log_info!("cleared the wake alarm {at} ({})", homelab::time::epoch_rfc3339(at)),
+        Ok(Some(held)) if held == at => log_info!(
+            "cleared the wake alarm {at} ({})",
+            homelab::time::epoch_rfc3339(at)
+        ),
         Ok(Some(held)) => log_info!(
             "left the wake alarm alone: it is {held} ({}), not {at}",
             homelab::time::epoch_rfc3339(held)
@@ -110,7 +116,6 @@ fn clear(at: i64) -> anyhow::Result<()> {
     }
     Ok(())
 }
-
 
 /// The unit we run in (from our cgroup), for the log line; "a schedule" when unknown.
 fn own_unit() -> String {

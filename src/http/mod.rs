@@ -4,8 +4,12 @@
 //! logic is tested in-process; [`server`] puts it behind systemd's socket with bounded resources.
 
 pub mod auth;
+pub mod budget;
+mod conn;
+mod io;
 pub mod parse;
 pub mod server;
+mod worker;
 
 use serde_json::{Value, json};
 use std::fmt;

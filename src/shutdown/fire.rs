@@ -95,7 +95,10 @@ pub fn run(gate_unit: &str, bus: &Bus) -> anyhow::Result<()> {
             None => "poweroff".to_string(),
             Some(w) => match wake_time(w) {
                 Some(at) => {
-                    log_info!("{what}: the machine wakes again at {}", crate::time::epoch_rfc3339(at));
+                    log_info!(
+                        "{what}: the machine wakes again at {}",
+                        crate::time::epoch_rfc3339(at)
+                    );
                     format!("poweroff-wake-{at}")
                 }
                 None => "poweroff".to_string(),
@@ -157,4 +160,3 @@ fn record(store: &StateStore, timer: &str, change: impl FnOnce(&mut schedule::St
 fn now() -> i64 {
     chrono::Local::now().timestamp()
 }
-
