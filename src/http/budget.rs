@@ -48,6 +48,10 @@ impl Budget {
         self.used.fetch_sub(n, Ordering::AcqRel);
     }
 
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
     pub fn used(&self) -> usize {
         self.used.load(Ordering::Acquire)
     }

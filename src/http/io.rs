@@ -1,11 +1,9 @@
 //! The connection loop: one thread accepts, reads and checks requests, hands complete ones to the
 //! workers, writes the answers the sockets did not take at once, and closes what overstays.
 
-use super::budget::{Budget, MEMORY_BUDGET};
+use super::budget::Budget;
 use super::conn::{Conn, Filled, LINGER, Phase};
-use super::server::{
-    Activity, DRAIN_GRACE, FIRST_BYTE_TIMEOUT, MAX_CONNECTIONS, REQUEST_DEADLINE, WRITE_DEADLINE,
-};
+use super::server::{Activity, DRAIN_GRACE, FIRST_BYTE_TIMEOUT, REQUEST_DEADLINE, WRITE_DEADLINE};
 use super::worker::{self, Job};
 use super::{ApiError, CHECKS_PASSED, Method, Request, Response, Service, parse};
 use crate::{log_notice, log_warn};
@@ -31,6 +29,8 @@ pub struct Io {
     pub activity: Arc<Activity>,
     pub in_flight: Arc<AtomicUsize>,
     pub budget: Arc<Budget>,
+    /// Connections open at once (`server::MAX_CONNECTIONS`).
+    pub max_connections: usize,
     pub jobs: SyncSender<Job>,
     /// Connections the workers answered that go on (kept alive, or an answer to finish).
     pub back: Receiver<Conn>,
@@ -55,7 +55,7 @@ impl Io {
             }
             let accepting = stop_began.is_none()
                 && self.accept_paused_until.is_none_or(|t| now >= t)
-                && (self.conns.len() < MAX_CONNECTIONS || self.conns.iter().any(evictable));
+                && (self.conns.len() < self.max_connections || self.conns.iter().any(evictable));
             let next_deadline = self.conns.iter().map(|c| c.deadline).min();
             let timeout = next_deadline
                 .map_or(TICK, |d| d.saturating_duration_since(now).min(TICK))
@@ -170,7 +170,8 @@ impl Io {
                 Phase::Body { req, .. } => Some(req.clone()),
                 _ => None,
             };
-            return Some(self.refuse(conn, req.as_ref(), out_of_memory()));
+            let refusal = self.out_of_memory();
+            return Some(self.refuse(conn, req.as_ref(), refusal));
         }
         let conn = self.advance(conn)?;
         (filled == Filled::Open).then_some(conn)
@@ -190,7 +191,7 @@ impl Io {
 
     fn accept(&mut self) {
         loop {
-            if self.conns.len() >= MAX_CONNECTIONS && !self.evict_oldest_idle() {
+            if self.conns.len() >= self.max_connections && !self.evict_oldest_idle() {
                 return;
             }
             match self.listener.accept() {
@@ -348,7 +349,8 @@ impl Io {
                 return Some(self.refuse(conn, Some(&req), checked));
             }
             if !conn.try_reserve(need.max(conn.buf.len())) {
-                return Some(self.refuse(conn, Some(&req), out_of_memory()));
+                let refusal = self.out_of_memory();
+                return Some(self.refuse(conn, Some(&req), refusal));
             }
             if conn.buf.len() < need
                 && req
@@ -410,6 +412,18 @@ impl Io {
         }
     }
 
+    fn out_of_memory(&self) -> Response {
+        ApiError::new(
+            503,
+            format!(
+                "the service holds as much request data as it may ({} KiB): try again in a moment",
+                self.budget.limit() >> 10
+            ),
+        )
+        .with_header("Retry-After", RETRY_AFTER_SECS.to_string())
+        .into()
+    }
+
     /// Answers with `response` and closes: stop writing, discard what still comes for [`LINGER`].
     fn refuse(&self, mut conn: Conn, req: Option<&Request>, response: Response) -> Conn {
         conn.discard_input();
@@ -435,16 +449,4 @@ impl Io {
 /// A connection that may be closed to make room: it waits for a first request, or was refused.
 fn evictable(c: &Conn) -> bool {
     c.is_idle() || matches!(c.phase, Phase::Closing { .. })
-}
-
-fn out_of_memory() -> Response {
-    ApiError::new(
-        503,
-        format!(
-            "the service holds as much request data as it may ({} MiB): try again in a moment",
-            MEMORY_BUDGET >> 20
-        ),
-    )
-    .with_header("Retry-After", RETRY_AFTER_SECS.to_string())
-    .into()
 }

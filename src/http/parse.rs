@@ -395,4 +395,121 @@ mod tests {
         assert!(!up.keep_alive());
         assert_eq!(up.body_length().unwrap(), 0);
     }
+
+    /// Feeds `buf` to one scan in pieces cut at `cuts`, as a server reading it would.
+    fn in_pieces(buf: &[u8], cuts: &[usize]) -> Result<Option<Head>, ApiError> {
+        let mut scan = HeadScan::default();
+        for &cut in cuts.iter().chain([&buf.len()]) {
+            if let Some(len) = scan.scan(&buf[..cut])? {
+                return parse_scanned(&buf[..len], &scan).map(Some);
+            }
+        }
+        Ok(None)
+    }
+
+    /// The answer (a head's length, "more", or a status) for `buf` whole.
+    fn outcome(r: Result<Option<Head>, ApiError>) -> Result<Option<usize>, u16> {
+        r.map(|h| h.map(|h| h.len)).map_err(|e| e.status)
+    }
+
+    /// Heads at, and one byte past, each bound.
+    fn heads_at_the_bounds() -> Vec<Vec<u8>> {
+        let line = |target_len: usize| {
+            // "GET " + target + " HTTP/1.1" is the request line.
+            let mut l = b"GET /".to_vec();
+            l.resize(4 + target_len, b'a');
+            l.extend_from_slice(b" HTTP/1.1\r\n");
+            l
+        };
+        let exact_line = line(MAX_REQUEST_LINE - 13);
+        assert_eq!(exact_line.len(), MAX_REQUEST_LINE + 2);
+        let headers = |total: usize| {
+            // One header line "X: aaa...\r\n" of `total` bytes.
+            let mut h = b"X: ".to_vec();
+            h.resize(total - 2, b'a');
+            h.extend_from_slice(b"\r\n");
+            h
+        };
+        let mut out = Vec::new();
+        for (l, h) in [
+            (MAX_REQUEST_LINE - 13, 20),
+            (MAX_REQUEST_LINE - 12, 20),
+            (10, MAX_HEADER_BYTES),
+            (10, MAX_HEADER_BYTES + 1),
+        ] {
+            let mut head = line(l);
+            head.extend(headers(h));
+            head.extend_from_slice(b"\r\n");
+            out.push(head);
+        }
+        out
+    }
+
+    #[test]
+    fn a_bound_gives_the_same_answer_however_the_bytes_are_split() {
+        let expected = [
+            Ok(Some(MAX_REQUEST_LINE + 2 + 22)),
+            Err(431),
+            Ok(Some(4 + 10 + 11 + MAX_HEADER_BYTES + 2)),
+            Err(431),
+        ];
+        for (head, want) in heads_at_the_bounds().iter().zip(expected) {
+            assert_eq!(outcome(parse_head(head)), want);
+            // A read ending just after each CR, just before it, and a byte at a time.
+            let crs: Vec<usize> = (0..head.len()).filter(|&i| head[i] == b'\r').collect();
+            assert_eq!(
+                outcome(in_pieces(
+                    head,
+                    &crs.iter().map(|i| i + 1).collect::<Vec<_>>()
+                )),
+                want
+            );
+            assert_eq!(outcome(in_pieces(head, &crs)), want);
+            let every: Vec<usize> = (1..head.len()).collect();
+            assert_eq!(outcome(in_pieces(head, &every)), want);
+        }
+        // Small heads split at every point, including bare LFs and leading empty lines.
+        for text in [
+            "GET /x HTTP/1.1\r\nHost: h\r\n\r\n",
+            "\r\n\nPOST / HTTP/1.0\nA: b\n\n",
+            "GET / HTTP/1.1\r\nNo colon\r\n\r\n",
+            "GET / HTTP/2.0\r\n\r\n",
+        ] {
+            let whole = outcome(parse_head(text.as_bytes()));
+            for cut in 0..text.len() {
+                assert_eq!(
+                    outcome(in_pieces(text.as_bytes(), &[cut])),
+                    whole,
+                    "{text:?} cut at {cut}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn what_httparse_rejects_is_400() {
+        for bad in [
+            &b"GET / HTTP/1.1\r\nX: a\0b\r\n\r\n"[..],
+            b"GET / HTTP/1.1\r\nX: a\rb\r\n\r\n",
+            b"GET / HTTP/1.1\r\nX: \x01\r\n\r\n",
+            b"GET / HTTP/1.1\r\nX: a\x7fb\r\n\r\n",
+            b"GET / HTTP/1.1\r\n: empty name\r\n\r\n",
+            b"GET / HTTP/1.1\r\nX\x00Y: a\r\n\r\n",
+            b"GET /a\x01b HTTP/1.1\r\n\r\n",
+            b"GET /\xff HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/1.1\rX: a\r\n\r\n",
+            b"GET\t/ HTTP/1.1\r\n\r\n",
+            b" GET / HTTP/1.1\r\n\r\n",
+            b"GET / http/1.1\r\n\r\n",
+        ] {
+            assert_eq!(status(bad), 400, "{:?}", String::from_utf8_lossy(bad));
+        }
+        // Bytes past ASCII in a value are kept as they came only if they are UTF-8: any other
+        // would have to be widened (three bytes each) to become text.
+        let e = parse_head(b"GET / HTTP/1.1\r\nX: \xff\xfe\r\n\r\n").unwrap_err();
+        assert_eq!(e.status, 400);
+        assert!(e.message.contains("not UTF-8"), "{}", e.message);
+        let h = head("GET / HTTP/1.1\r\nX: caf\u{e9}\t\r\n\r\n");
+        assert_eq!(h.header("x"), Some("caf\u{e9}"));
+    }
 }

@@ -54,6 +54,10 @@ pub struct ServeOptions {
     /// `None`: serve until killed.
     pub idle_timeout: Option<Duration>,
     pub workers: usize,
+    /// [`MAX_CONNECTIONS`]; smaller in tests.
+    pub max_connections: usize,
+    /// [`budget::MEMORY_BUDGET`]; smaller in tests.
+    pub memory_budget: usize,
 }
 
 impl ServeOptions {
@@ -67,6 +71,8 @@ impl ServeOptions {
         Ok(ServeOptions {
             idle_timeout,
             workers,
+            max_connections: MAX_CONNECTIONS,
+            memory_budget: budget::MEMORY_BUDGET,
         })
     }
 }
@@ -91,6 +97,15 @@ pub struct Activity {
     pub stopping: AtomicBool,
 }
 
+impl Default for Activity {
+    fn default() -> Activity {
+        Activity {
+            last: Mutex::new(Instant::now()),
+            stopping: AtomicBool::new(false),
+        }
+    }
+}
+
 impl Activity {
     pub fn touch(&self) {
         *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
@@ -110,16 +125,29 @@ pub fn serve(
     listener: TcpListener,
     service: Arc<dyn Service>,
     opts: &ServeOptions,
+    signals: Option<nix::sys::signalfd::SignalFd>,
+) -> anyhow::Result<()> {
+    serve_with(
+        listener,
+        service,
+        opts,
+        signals,
+        Arc::new(Activity::default()),
+    )
+}
+
+/// [`serve`], with the [`Activity`] a test watches to see the stop begin.
+fn serve_with(
+    listener: TcpListener,
+    service: Arc<dyn Service>,
+    opts: &ServeOptions,
     mut signals: Option<nix::sys::signalfd::SignalFd>,
+    activity: Arc<Activity>,
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     listener.set_nonblocking(true)?;
-    let activity = Arc::new(Activity {
-        last: Mutex::new(Instant::now()),
-        stopping: AtomicBool::new(false),
-    });
     let in_flight = Arc::new(AtomicUsize::new(0));
-    let budget = Arc::new(Budget::new(budget::MEMORY_BUDGET));
+    let budget = Arc::new(Budget::new(opts.memory_budget));
     let (wake_rx, wake_tx) = UnixStream::pair()?;
     wake_rx.set_nonblocking(true)?;
     wake_tx.set_nonblocking(true)?;
@@ -151,6 +179,7 @@ pub fn serve(
         activity: activity.clone(),
         in_flight: in_flight.clone(),
         budget,
+        max_connections: opts.max_connections,
         jobs: jobs_tx,
         back: back_rx,
         wake: wake_rx,
@@ -241,5 +270,199 @@ mod tests {
         let e = parse_idle_timeout(Some("2s")).unwrap_err().to_string();
         assert!(e.contains("HOMELAB_IDLE_TIMEOUT"), "{e}");
         assert!(parse_idle_timeout(Some("-1")).is_err());
+    }
+
+    use crate::http::{CHECKS_PASSED, Request, Response};
+    use serde_json::{Value, json};
+    use std::io::Read;
+    use std::net::{SocketAddr, TcpStream};
+
+    /// `GET /health`, `GET /big` (a 1 MiB answer) and `POST /echo` (the body's length).
+    struct Test;
+
+    impl Service for Test {
+        fn name(&self) -> &'static str {
+            "test"
+        }
+
+        fn handle(&self, req: &Request) -> Response {
+            if req.checks_only {
+                return Response::with_status(CHECKS_PASSED, Value::Null);
+            }
+            match req.path.as_str() {
+                "/big" => Response::text("text/plain", "b".repeat(1 << 20)),
+                "/echo" => Response::ok(json!({"length": req.body.len()})),
+                _ => Response::ok(json!({"status": "healthy"})),
+            }
+        }
+    }
+
+    struct Server {
+        addr: SocketAddr,
+        activity: Arc<Activity>,
+        done: thread::JoinHandle<anyhow::Result<()>>,
+    }
+
+    fn start(opts: ServeOptions) -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let activity = Arc::new(Activity::default());
+        let watched = activity.clone();
+        let done =
+            thread::spawn(move || serve_with(listener, Arc::new(Test), &opts, None, watched));
+        Server {
+            addr,
+            activity,
+            done,
+        }
+    }
+
+    fn opts() -> ServeOptions {
+        ServeOptions {
+            idle_timeout: None,
+            workers: 1,
+            max_connections: 8,
+            memory_budget: 64 * 1024,
+        }
+    }
+
+    fn connect(addr: SocketAddr) -> TcpStream {
+        let s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        s
+    }
+
+    /// Everything until the server closes (or 15 s pass): its text.
+    fn read_all(mut s: TcpStream) -> String {
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// One request on a fresh connection; the whole answer and how long it took.
+    fn get(addr: SocketAddr, path: &str) -> (String, Duration) {
+        let t = Instant::now();
+        let mut s = connect(addr);
+        s.write_all(format!("GET {path} HTTP/1.1\r\nConnection: close\r\n\r\n").as_bytes())
+            .unwrap();
+        (read_all(s), t.elapsed())
+    }
+
+    fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+        let deadline = Instant::now() + limit;
+        while !cond() {
+            assert!(Instant::now() < deadline, "{what} within {limit:?}");
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Writes a head announcing `length` bytes of body and all of it but the last byte.
+    fn almost_a_body(addr: SocketAddr, length: usize) -> TcpStream {
+        let mut s = connect(addr);
+        let head = format!("POST /echo HTTP/1.1\r\nContent-Length: {length}\r\n\r\n");
+        s.write_all(head.as_bytes()).unwrap();
+        s.write_all(&vec![b'x'; length - 1]).unwrap();
+        s
+    }
+
+    #[test]
+    fn past_the_memory_budget_new_requests_get_503_and_admitted_ones_are_served() {
+        let server = start(opts());
+        // Two bodies of 30,000 bytes fit in 64 KiB (with the allowances), a third does not.
+        let mut first = almost_a_body(server.addr, 30_000);
+        let mut second = almost_a_body(server.addr, 30_000);
+        // Both are read in (the budget drawn) before the third comes.
+        let (health, _) = get(server.addr, "/health");
+        assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+        let third = almost_a_body(server.addr, 30_000);
+        let refused = read_all(third);
+        assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+        assert!(refused.contains("\r\nRetry-After: 1\r\n"), "{refused}");
+        // A small request still has its allowance.
+        let (health, _) = get(server.addr, "/health");
+        assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+        // The admitted ones are served, whole.
+        for s in [&mut first, &mut second] {
+            s.write_all(b"x").unwrap();
+            s.shutdown(std::net::Shutdown::Write).unwrap();
+        }
+        for s in [first, second] {
+            let answer = read_all(s);
+            assert!(answer.contains(r#"{"length":30000}"#), "{answer}");
+        }
+    }
+
+    #[test]
+    fn a_connection_that_sends_nothing_is_closed_soon_and_the_oldest_idle_first() {
+        let server = start(opts());
+        let t = Instant::now();
+        let silent = connect(server.addr);
+        assert_eq!(read_all(silent), "", "closed without an answer");
+        let waited = t.elapsed();
+        assert!(
+            waited >= FIRST_BYTE_TIMEOUT - Duration::from_millis(100) && waited < REQUEST_DEADLINE,
+            "closed after {waited:?}"
+        );
+        // Every slot taken by a silent client: a new one gets in, and the oldest silent one is
+        // the one closed.
+        let oldest = connect(server.addr);
+        wait_until("the first one accepted", Duration::from_secs(2), || {
+            get(server.addr, "/health").0.starts_with("HTTP/1.1 200")
+        });
+        let rest: Vec<TcpStream> = (1..8).map(|_| connect(server.addr)).collect();
+        let (health, took) = get(server.addr, "/health");
+        assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+        assert!(took < FIRST_BYTE_TIMEOUT, "waited {took:?} for a slot");
+        assert_eq!(read_all(oldest), "", "the oldest silent one was closed");
+        drop(rest);
+    }
+
+    #[test]
+    fn a_client_that_does_not_read_holds_no_worker() {
+        let server = start(opts());
+        // One worker, and a client that pipelines requests for 1 MiB answers and never reads.
+        let mut greedy = connect(server.addr);
+        greedy
+            .write_all(&b"GET /big HTTP/1.1\r\n\r\n".repeat(20))
+            .unwrap();
+        for _ in 0..20 {
+            let (health, took) = get(server.addr, "/health");
+            assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+            assert!(took < Duration::from_secs(1), "/health took {took:?}");
+        }
+        // It still gets its answers, in order, when it reads.
+        let mut first = vec![0u8; 64];
+        greedy.read_exact(&mut first).unwrap();
+        assert!(first.starts_with(b"HTTP/1.1 200"));
+    }
+
+    #[test]
+    fn requests_begun_at_the_idle_exit_are_answered() {
+        let server = start(ServeOptions {
+            idle_timeout: Some(Duration::from_secs(1)),
+            ..opts()
+        });
+        // Halfway through their heads when the timer runs: no complete request, so idle.
+        let mut begun: Vec<TcpStream> = (0..5)
+            .map(|_| {
+                let mut s = connect(server.addr);
+                s.write_all(b"GET /health HTTP/1.1\r\nHo").unwrap();
+                s
+            })
+            .collect();
+        wait_until("the idle exit to begin", Duration::from_secs(5), || {
+            server.activity.stopping.load(Ordering::SeqCst)
+        });
+        for s in &mut begun {
+            s.write_all(b"st: x\r\nConnection: close\r\n\r\n").unwrap();
+        }
+        for s in begun {
+            let answer = read_all(s);
+            assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+        }
+        wait_until("the exit", Duration::from_secs(5), || {
+            server.done.is_finished()
+        });
+        server.done.join().unwrap().unwrap();
     }
 }
