@@ -8,6 +8,7 @@ use super::worker::{self, Job};
 use super::{ApiError, CHECKS_PASSED, Method, Request, Response, Service, parse};
 use crate::{log_notice, log_warn};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use std::cell::Cell;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpListener};
 use std::os::fd::AsFd;
@@ -22,6 +23,8 @@ use std::time::{Duration, Instant};
 const TICK: Duration = Duration::from_millis(250);
 /// Seconds a client refused for lack of memory or workers is told to wait (`Retry-After`).
 const RETRY_AFTER_SECS: u64 = 1;
+/// Refusal lines logged per second at most.
+const REFUSALS_LOGGED: u32 = 20;
 
 pub struct Io {
     pub listener: TcpListener,
@@ -38,6 +41,8 @@ pub struct Io {
     pub conns: Vec<Conn>,
     pub accept_paused_until: Option<Instant>,
     pub last_accept_warning: Option<Instant>,
+    /// Refusals logged: since when, how many, how many left out.
+    pub refusal_log: Cell<(Instant, u32, u64)>,
 }
 
 impl Io {
@@ -412,6 +417,26 @@ impl Io {
         }
     }
 
+    /// At most [`REFUSALS_LOGGED`] refusal lines a second: under attack there are thousands,
+    /// and a line each would have the I/O thread wait on the journal. The count of those left
+    /// out is logged when the next second begins.
+    fn may_log_refusal(&self) -> bool {
+        let (since, logged, left_out) = self.refusal_log.get();
+        if since.elapsed() >= Duration::from_secs(1) {
+            if left_out > 0 {
+                log_notice!("{left_out} more requests refused in the last second (not logged)");
+            }
+            self.refusal_log.set((Instant::now(), 1, 0));
+            return true;
+        }
+        if logged < REFUSALS_LOGGED {
+            self.refusal_log.set((since, logged + 1, left_out));
+            return true;
+        }
+        self.refusal_log.set((since, logged, left_out + 1));
+        false
+    }
+
     fn out_of_memory(&self) -> Response {
         ApiError::new(
             503,
@@ -431,14 +456,16 @@ impl Io {
         // The answer is small; a client that does not read it loses it.
         let _ = conn.stream.write(&bytes);
         let _ = conn.stream.shutdown(Shutdown::Write);
-        let (method, path) = req.map_or(("-", "-".to_string()), |r| {
-            (r.method.as_str(), worker::printable(&r.path))
-        });
-        log_notice!(
-            "{method} {path} {} (refused, connection closed): {}",
-            response.status,
-            response.body["message"].as_str().unwrap_or("")
-        );
+        if self.may_log_refusal() {
+            let (method, path) = req.map_or(("-", "-".to_string()), |r| {
+                (r.method.as_str(), worker::printable(&r.path))
+            });
+            log_notice!(
+                "{method} {path} {} (refused, connection closed): {}",
+                response.status,
+                response.body["message"].as_str().unwrap_or("")
+            );
+        }
         conn.phase = Phase::Closing { discarded: 0 };
         conn.deadline = Instant::now() + LINGER;
         conn.idle_since = Instant::now();

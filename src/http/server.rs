@@ -186,6 +186,7 @@ fn serve_with(
         conns: Vec::new(),
         accept_paused_until: None,
         last_accept_warning: None,
+        refusal_log: std::cell::Cell::new((Instant::now(), 0, 0)),
     };
     let io = thread::Builder::new()
         .name("http-io".into())
