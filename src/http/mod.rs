@@ -107,8 +107,8 @@ impl Request {
             .map(|(_, v)| v.as_str())
     }
 
-    /// The body as a JSON object; an empty body is an empty object (as the original's clients
-    /// send). `example` is a body the service takes, for the error message.
+    /// The body as a JSON object; an empty body is an empty object (as clients of the Flask
+    /// services these replace send). `example` is a body the service takes, for the error message.
     pub fn json_object(&self, example: &str) -> Result<serde_json::Map<String, Value>, ApiError> {
         if self.body.iter().all(u8::is_ascii_whitespace) {
             return Ok(serde_json::Map::new());

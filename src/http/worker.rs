@@ -76,7 +76,7 @@ impl Worker {
     }
 }
 
-/// Every routed request goes through here (its head checks in the poll thread, the whole request
+/// Every routed request goes through here (its head checks in the I/O thread, the whole request
 /// in a worker): the one place it is counted, by route pattern and status (`crate::metrics`).
 pub fn handle(service: &dyn Service, req: &Request) -> Response {
     let _ = super::take_matched_route();
