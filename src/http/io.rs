@@ -23,6 +23,9 @@ use std::time::{Duration, Instant};
 const TICK: Duration = Duration::from_millis(250);
 /// Seconds a client refused for lack of memory or workers is told to wait (`Retry-After`).
 const RETRY_AFTER_SECS: u64 = 1;
+/// Connections accepted per round of the loop at most, so that those accepted are read before
+/// more are taken (and idle ones closed for them).
+const ACCEPTS_PER_ROUND: usize = 64;
 /// Refusal lines logged per second at most.
 const REFUSALS_LOGGED: u32 = 20;
 
@@ -195,7 +198,7 @@ impl Io {
     }
 
     fn accept(&mut self) {
-        loop {
+        for _ in 0..ACCEPTS_PER_ROUND {
             if self.conns.len() >= self.max_connections && !self.evict_oldest_idle() {
                 return;
             }
@@ -204,8 +207,13 @@ impl Io {
                     if stream.set_nonblocking(true).is_ok() {
                         let _ = stream.set_nodelay(true);
                         let deadline = Instant::now() + FIRST_BYTE_TIMEOUT;
-                        self.conns
-                            .push(Conn::new(stream, self.budget.clone(), deadline));
+                        let conn = Conn::new(stream, self.budget.clone(), deadline);
+                        // Its request has usually arrived while it waited in the backlog: read
+                        // it now, so that a client with a request is never taken for an idle one
+                        // and closed to make room.
+                        if let Some(c) = self.on_ready(conn) {
+                            self.conns.push(c);
+                        }
                     }
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,

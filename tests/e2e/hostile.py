@@ -274,10 +274,22 @@ def cpu_seconds(pid):
 
 def prober(port, seconds, pid, out):
     """Fresh-connection /health probes every 100 ms and samples of the service, for `seconds`."""
-    lat, failed, threads, peak, source = [], 0, 0, 0, "VmHWM"
+    lat, failed, threads, peak, source, why = [], 0, 0, 0, "VmHWM", []
     end = time.monotonic() + seconds
     while time.monotonic() < end:
-        t = probe(port)
+        start = time.monotonic()
+        t = None
+        try:
+            s = connect(port)
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            data, _, _ = read_reply(s, 5)
+            s.close()
+            if status_of(data) == "200":
+                t = time.monotonic() - start
+            else:
+                why.append(f"status {status_of(data)} after {time.monotonic() - start:.3f}s")
+        except OSError as e:
+            why.append(f"{e} after {time.monotonic() - start:.3f}s")
         if t is None:
             failed += 1
         else:
@@ -291,6 +303,7 @@ def prober(port, seconds, pid, out):
     out.write(f"p50_ms={percentile(lat, 50) * 1000:.1f}\np99_ms={percentile(lat, 99) * 1000:.1f}\n")
     out.write(f"max_ms={(max(lat) if lat else float('nan')) * 1000:.1f}\n")
     out.write(f"max_threads={threads}\npeak_kb={peak}\npeak_source={source}\n")
+    out.write(f"failures={'; '.join(why[:5])}\n")
 
 
 def attack(port, seconds, pid, memory, idle, slow, trickle):
