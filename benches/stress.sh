@@ -1,25 +1,30 @@
 #!/usr/bin/env bash
 # Stress figures (not a test: nothing fails on a figure) for both HTTP services under hostile
 # clients, on a booted systemd in a sandbox of its own inside a network namespace, like run.sh.
-# Per service: /health latency p50/p99/max (a fresh connection every 200 ms) at rest and under
-# each attack, peak threads and peak RSS (VmHWM) of the service's process. Attacks, all from
-# tests/e2e/hostile.py inside the sandbox, to 127.0.0.1 only, bounded in count and time:
-#   bigheader  one 50 MB header line
-#   idle       400 connections that send nothing (reopened when closed), 15 s
-#   trickle    40 connections sending a body a byte a second (reopened when closed), 15 s
-#   both       idle and trickle together, 15 s
+# Per service and attack (each on a freshly restarted process, so that its peak is its own):
+# /health latency p50/p99/max (a fresh connection every 100 ms), failed probes, peak threads,
+# peak memory (memory.peak of the unit's cgroup, else VmHWM) and the service's CPU time. Attacks,
+# all from tests/e2e/hostile.py's `attack` inside the sandbox, to 127.0.0.1 only, bounded in
+# count and time, STRESS_SECONDS (30) each, every connection reopened when the service closes it:
+#   memory   500 heads of about 65 KB (bytes 0xFF on every other one) with all but the last byte
+#            of a 65536-byte body
+#   idle     600 connections that send nothing
+#   slow     20 connections with a 1-byte receive buffer that pipeline requests and never read
+#   trickle  20 connections sending a 64 KiB head a byte at a time
+#   all      all of the above at once
+# and one 50 MB header line (bigheader).
 # Figures and what they mean: benches/README.md. Run as root: bash benches/stress.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DIR=/var/tmp/homelab-stress
 NS=homelab-stress
-SECONDS_PER_ATTACK=${STRESS_SECONDS:-15}
+SECONDS_PER_ATTACK=${STRESS_SECONDS:-30}
 
 NAME=stress
 # shellcheck source=benches/lib.sh
 . benches/lib.sh
-hostile() { inside timeout 120 python3 /root/hostile.py "$@"; }
+hostile() { inside sh -c 'ulimit -n 4096 && exec timeout 150 python3 /root/hostile.py "$@"' hostile "$@"; }
 # The value of key $1 in the key=value lines on stdin.
 val() { awk -F= -v k="$1" '$1 == k {print $2}'; }
 
@@ -50,27 +55,35 @@ for svc in shutdown-service:5001 inference-service:5002; do
     step "$unit on :$port"
     inside systemctl restart "$unit.service"
     ip netns exec "$NS" curl -sf -o /dev/null "http://127.0.0.1:$port/health" || die "$unit does not answer"
-    pid=$(pid_of "$unit.service")
-    for attack in rest idle trickle both; do
+    for attack in rest memory idle slow trickle all; do
         case $attack in
-            rest) args="0 0" ;;
-            idle) args="400 0" ;;
-            trickle) args="0 40" ;;
-            both) args="400 40" ;;
+            rest) args="0 0 0 0" ;;
+            memory) args="500 0 0 0" ;;
+            idle) args="0 600 0 0" ;;
+            slow) args="0 0 20 0" ;;
+            trickle) args="0 0 0 20" ;;
+            all) args="500 600 20 20" ;;
         esac
-        # shellcheck disable=SC2086 # two numbers
-        out=$(hostile flood "$port" $args "$SECONDS_PER_ATTACK" "$pid")
+        inside systemctl restart "$unit.service"
+        pid=$(pid_of "$unit.service")
+        quiet "$unit $attack"
+        # shellcheck disable=SC2086 # four numbers
+        out=$(hostile attack "$port" "$SECONDS_PER_ATTACK" "$pid" $args)
+        after
         echo "$out" | tr '\n' ' ' >&2
         echo >&2
+        [ "$(pid_of "$unit.service")" = "$pid" ] || die "$unit restarted during the $attack attack"
         row "$unit" "$attack ($args)" "$(val p50_ms <<<"$out") / $(val p99_ms <<<"$out") / $(val max_ms <<<"$out")" \
             "$(val failed <<<"$out") of $(val probes <<<"$out")" "$(val max_threads <<<"$out")" \
-            "$(val max_rss_kb <<<"$out")" "$(val hwm_kb <<<"$out")"
+            "$(val peak_kb <<<"$out") ($(val peak_source <<<"$out"))" "$(val cpu_s <<<"$out")"
     done
+    inside systemctl restart "$unit.service"
+    pid=$(pid_of "$unit.service")
     out=$(hostile bigheader "$port" 50)
     hwm=$(inside awk '/^VmHWM:/ {print $2}' "/proc/$pid/status")
     threads=$(inside awk '/^Threads:/ {print $2}' "/proc/$pid/status")
     rss=$(inside awk '/^VmRSS:/ {print $2}' "/proc/$pid/status")
-    row "$unit" "50 MB header (answer $(val status <<<"$out"), $(val sent <<<"$out") bytes sent)" "" "" "$threads" "$rss" "$hwm"
+    row "$unit" "50 MB header (answer $(val status <<<"$out"), $(val sent <<<"$out") bytes sent)" "" "" "$threads" "$hwm (VmHWM; VmRSS $rss)" ""
     [ "$(pid_of "$unit.service")" = "$pid" ] || die "$unit restarted during the attacks"
     tasks=$(inside systemctl show -p TasksCurrent --value "$unit.service")
     echo "$unit: TasksCurrent after the attacks: $tasks" >&2
@@ -86,8 +99,9 @@ fi
 
 echo
 echo "homelab stress, $(date -u +%F), $(nproc) cores, systemd $(inside systemctl --version | awk 'NR==1 {print $2}') in systemd-nspawn, $rev"
-echo "| service | attack (idle, trickling connections) | /health p50 / p99 / max ms | failed probes | max threads | max VmRSS kB | VmHWM kB |"
+echo "| service | attack (memory, idle, slow, trickling connections) | /health p50 / p99 / max ms | failed probes | max threads | peak memory kB | service CPU s |"
 echo "|---|---|---|---|---|---|---|"
 printf '%s\n' "${rows[@]}"
 echo
 echo "brain-coordinator at rest: $coord"
+echo "host CPU busy before/after each phase: $busy_log"

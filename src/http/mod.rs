@@ -4,8 +4,12 @@
 //! logic is tested in-process; [`server`] puts it behind systemd's socket with bounded resources.
 
 pub mod auth;
+pub mod budget;
+mod conn;
+mod io;
 pub mod parse;
 pub mod server;
+mod worker;
 
 use serde_json::{Value, json};
 use std::fmt;
@@ -54,7 +58,8 @@ impl Method {
     }
 }
 
-/// A request as a service sees it: already bounded in size, independent of the HTTP library.
+/// A request as a service sees it: already parsed and bounded in size by the server, so that a
+/// service is tested with plain values and no socket.
 #[derive(Clone, Debug)]
 pub struct Request {
     pub method: Method,
@@ -102,8 +107,8 @@ impl Request {
             .map(|(_, v)| v.as_str())
     }
 
-    /// The body as a JSON object; an empty body is an empty object (as the original's clients
-    /// send). `example` is a body the service takes, for the error message.
+    /// The body as a JSON object; an empty body is an empty object (as clients of the Flask
+    /// services these replace send). `example` is a body the service takes, for the error message.
     pub fn json_object(&self, example: &str) -> Result<serde_json::Map<String, Value>, ApiError> {
         if self.body.iter().all(u8::is_ascii_whitespace) {
             return Ok(serde_json::Map::new());
@@ -121,7 +126,6 @@ impl Request {
     }
 }
 
-/// Names a JSON value's type the way an error message should.
 /// A client's value for an error message: a string quoted (its first 40 characters), a number
 /// as it is, anything else by its type.
 pub fn shown(v: &Value) -> String {
@@ -132,6 +136,7 @@ pub fn shown(v: &Value) -> String {
     }
 }
 
+/// Names a JSON value's type the way an error message should.
 pub fn json_type_name(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
@@ -261,12 +266,25 @@ impl From<ApiError> for Response {
     }
 }
 
-/// A failure of systemd is the gateway's (502), with systemd's reason; a refusal for lack of
-/// permission is marked, so that the service can say what to check.
+/// A failure of systemd is the gateway's (502), with systemd's reason but no path of this
+/// machine in it (any client may read it, and a socket or unit file path is no business of
+/// theirs); the whole error goes to the journal. A refusal for lack of permission is marked, so
+/// that the service can say what to check.
 impl From<crate::systemd::SystemdError> for ApiError {
     fn from(e: crate::systemd::SystemdError) -> ApiError {
         use crate::systemd::SystemdError;
-        let mut error = ApiError::new(502, e.to_string());
+        let full = e.to_string();
+        let message = match &e {
+            SystemdError::Failed(m) if m.starts_with("cannot reach the system bus") => {
+                "cannot reach systemd (the system bus does not answer): see the service's journal"
+                    .to_string()
+            }
+            _ => without_paths(&full),
+        };
+        if message != full {
+            crate::log_err!("systemd failed: {full}");
+        }
+        let mut error = ApiError::new(502, message);
         error.denied = matches!(e, SystemdError::Denied(_));
         match e {
             SystemdError::Job(job) => error
@@ -277,6 +295,35 @@ impl From<crate::systemd::SystemdError> for ApiError {
             _ => error,
         }
     }
+}
+
+/// `text` with every absolute path (a `/` that starts a word and goes on with a name) replaced
+/// by `<path>`.
+fn without_paths(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.char_indices().peekable();
+    let mut prev: Option<char> = None;
+    while let Some((i, c)) = chars.next() {
+        let starts_word = prev.is_none_or(|p| !(p.is_alphanumeric() || "/._-".contains(p)));
+        let names_something = text[i + 1..]
+            .chars()
+            .next()
+            .is_some_and(|n| n.is_alphanumeric() || n == '_' || n == '.');
+        if c == '/' && starts_word && names_something {
+            out.push_str("<path>");
+            while let Some(&(_, n)) = chars.peek() {
+                if n.is_whitespace() || "'\"()[],;".contains(n) {
+                    break;
+                }
+                chars.next();
+                prev = Some(n);
+            }
+            continue;
+        }
+        out.push(c);
+        prev = Some(c);
+    }
+    out
 }
 
 /// What a service is: a name for logs and a handler. Handlers must not panic on any input, and
@@ -579,6 +626,38 @@ mod tests {
             r.body,
             json!({"status": "error", "message": "busy", "existing": {"id": 1}})
         );
+    }
+
+    #[test]
+    fn systemd_failures_show_clients_no_path() {
+        use crate::systemd::SystemdError;
+        let unreachable = SystemdError::Failed(
+            "cannot reach the system bus: I/O error: connecting to unix:path=/run/dbus/system_bus_socket: No such file or directory".into(),
+        );
+        let e = ApiError::from(unreachable);
+        assert_eq!(e.status, 502);
+        assert!(
+            e.message.starts_with("cannot reach systemd"),
+            "{}",
+            e.message
+        );
+        assert!(!e.message.contains('/'), "{}", e.message);
+        let failed = SystemdError::Failed(
+            "Unit file /etc/systemd/system/x.service is masked (see \"/usr/lib/systemd\").".into(),
+        );
+        let e = ApiError::from(failed);
+        assert_eq!(
+            e.message,
+            "systemd: Unit file <path> is masked (see \"<path>\")."
+        );
+        // What is not a path stays: the reason must stay useful.
+        assert_eq!(
+            without_paths("I/O error on x.service, 1/2 done, a / b"),
+            "I/O error on x.service, 1/2 done, a / b"
+        );
+        let denied = ApiError::from(SystemdError::Denied("Access denied".into()));
+        assert!(denied.denied);
+        assert_eq!(denied.message, "permission denied by polkit: Access denied");
     }
 
     #[test]

@@ -1,4 +1,6 @@
-//! Parses an HTTP/1.x request head within fixed bounds, without I/O: the server feeds it bytes.
+//! Finds and parses an HTTP/1.x request head within fixed bounds, without I/O: the server feeds it
+//! bytes, [`HeadScan`] looks at each byte once to find the end and enforce the bounds, and
+//! `httparse` parses the complete head.
 
 use super::{ApiError, MAX_BODY_BYTES};
 
@@ -92,70 +94,10 @@ fn too_large(what: String) -> ApiError {
     ApiError::new(431, what)
 }
 
-/// `Ok(None)`: the head is not complete yet and within bounds, read more. `Err`: the response to
-/// send before closing (431 past a bound, 400 for a malformed head, 505 for another version).
-/// Lines end with CRLF or a bare LF.
-pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, ApiError> {
-    let mut start = 0;
-    for _ in 0..MAX_LEADING_EMPTY {
-        if buf[start..].starts_with(b"\r\n") {
-            start += 2;
-        } else if buf[start..].starts_with(b"\n") {
-            start += 1;
-        }
-    }
-    let Some(nl) = find_nl(&buf[start..]) else {
-        if buf.len() - start > MAX_REQUEST_LINE {
-            return Err(too_large(format!(
-                "the request line is longer than {MAX_REQUEST_LINE} bytes: send a shorter URL"
-            )));
-        }
-        return Ok(None);
-    };
-    let line = trim_cr(&buf[start..start + nl]);
-    if line.len() > MAX_REQUEST_LINE {
-        return Err(too_large(format!(
-            "the request line is longer than {MAX_REQUEST_LINE} bytes: send a shorter URL"
-        )));
-    }
-    let headers_start = start + nl + 1;
-    let mut headers = Vec::new();
-    let mut pos = headers_start;
-    let end = loop {
-        let header_bytes = pos - headers_start;
-        let Some(nl) = find_nl(&buf[pos..]) else {
-            if buf.len() - headers_start > MAX_HEADER_BYTES {
-                return Err(headers_too_large());
-            }
-            return Ok(None);
-        };
-        let raw = trim_cr(&buf[pos..pos + nl]);
-        pos += nl + 1;
-        if raw.is_empty() {
-            break pos;
-        }
-        if header_bytes + nl + 1 > MAX_HEADER_BYTES {
-            return Err(headers_too_large());
-        }
-        if headers.len() == MAX_HEADER_LINES {
-            return Err(too_large(format!(
-                "the request has more than {MAX_HEADER_LINES} header lines: send fewer headers"
-            )));
-        }
-        headers.push(raw);
-    };
-    let (method, target, http11) = request_line(line)?;
-    let headers = headers
-        .into_iter()
-        .map(header_line)
-        .collect::<Result<_, _>>()?;
-    Ok(Some(Head {
-        method,
-        target,
-        http11,
-        headers,
-        len: end,
-    }))
+fn request_line_too_long() -> ApiError {
+    too_large(format!(
+        "the request line is longer than {MAX_REQUEST_LINE} bytes: send a shorter URL"
+    ))
 }
 
 fn headers_too_large() -> ApiError {
@@ -164,76 +106,158 @@ fn headers_too_large() -> ApiError {
     ))
 }
 
-fn find_nl(b: &[u8]) -> Option<usize> {
-    b.iter().position(|&c| c == b'\n')
+fn too_many_headers() -> ApiError {
+    too_large(format!(
+        "the request has more than {MAX_HEADER_LINES} header lines: send fewer headers"
+    ))
 }
 
-fn trim_cr(b: &[u8]) -> &[u8] {
-    b.strip_suffix(b"\r").unwrap_or(b)
+/// Where the search for the end of a head stands: each byte is looked at once, however the head
+/// arrives, and a bound is judged on what any continuation would give, so that the answer is the
+/// same whether the bytes come whole or split anywhere (a read ending just after a CR included).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct HeadScan {
+    /// Next byte to look at.
+    pos: usize,
+    /// Start of the line being read.
+    line_start: usize,
+    /// Start of the request line, past the tolerated leading empty lines.
+    head_start: usize,
+    /// End of the request line (its line break included), once seen.
+    headers_start: Option<usize>,
+    header_lines: usize,
+    leading_empty: usize,
 }
 
-fn is_token(s: &[u8]) -> bool {
-    !s.is_empty()
-        && s.iter()
-            .all(|&c| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c))
+impl HeadScan {
+    /// Looks at the bytes of `buf` past those seen before (`buf` only grows between calls).
+    /// `Ok(Some(len))`: the head is complete and takes `buf[..len]`; `Ok(None)`: read more.
+    pub fn scan(&mut self, buf: &[u8]) -> Result<Option<usize>, ApiError> {
+        while let Some(nl) = buf[self.pos..].iter().position(|&c| c == b'\n') {
+            let end = self.pos + nl + 1;
+            self.pos = end;
+            let line = trim_cr(&buf[self.line_start..end - 1]);
+            self.line_start = end;
+            match self.headers_start {
+                None if line.is_empty() && self.leading_empty < MAX_LEADING_EMPTY => {
+                    self.leading_empty += 1;
+                    self.head_start = end;
+                }
+                None if line.len() > MAX_REQUEST_LINE => return Err(request_line_too_long()),
+                None => self.headers_start = Some(end),
+                Some(_) if line.is_empty() => return Ok(Some(end)),
+                Some(headers_start) => {
+                    if end - headers_start > MAX_HEADER_BYTES {
+                        return Err(headers_too_large());
+                    }
+                    self.header_lines += 1;
+                    if self.header_lines > MAX_HEADER_LINES {
+                        return Err(too_many_headers());
+                    }
+                }
+            }
+        }
+        self.pos = buf.len();
+        // The line so far, less a CR that may be the start of its line break.
+        let partial = trim_cr(&buf[self.line_start..]);
+        match self.headers_start {
+            None if partial.len() > MAX_REQUEST_LINE => Err(request_line_too_long()),
+            // A header line still open ends with at least its LF.
+            Some(h) if !partial.is_empty() && self.pos + 1 - h > MAX_HEADER_BYTES => {
+                Err(headers_too_large())
+            }
+            _ => Ok(None),
+        }
+    }
 }
 
-fn request_line(line: &[u8]) -> Result<(String, String, bool), ApiError> {
-    let bad = || {
+/// `Ok(None)`: the head is not complete yet and within bounds, read more. `Err`: the response to
+/// send before closing (431 past a bound, 400 for a malformed head, 505 for another version).
+/// Lines end with CRLF or a bare LF. A server reading in pieces keeps one [`HeadScan`] and calls
+/// [`parse_scanned`]; this is the same for a buffer at hand.
+pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, ApiError> {
+    let mut scan = HeadScan::default();
+    match scan.scan(buf)? {
+        Some(len) => parse_scanned(&buf[..len], &scan).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Parses the complete head `head` (all of it, as [`HeadScan::scan`] found it in `scan`).
+pub fn parse_scanned(head: &[u8], scan: &HeadScan) -> Result<Head, ApiError> {
+    let bad_line = || {
         ApiError::bad_request(
             "malformed request line: send \"METHOD /path HTTP/1.1\" (one space between each)",
         )
     };
-    let mut parts = line.split(|&c| c == b' ');
-    let (Some(method), Some(target), Some(version), None) =
+    let request_line =
+        trim_cr(&head[scan.head_start..scan.headers_start.unwrap_or(head.len()) - 1]);
+    // httparse knows only 1.0 and 1.1; another HTTP version is 505, not a malformed line.
+    let mut parts = request_line.split(|&c| c == b' ');
+    if let (Some(_), Some(_), Some(version), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(bad());
-    };
-    if !is_token(method)
-        || target.is_empty()
-        || target.iter().any(|c| c.is_ascii_control() || *c > 0x7e)
+        && version.starts_with(b"HTTP/")
+        && version != b"HTTP/1.0"
+        && version != b"HTTP/1.1"
     {
-        return Err(bad());
-    }
-    let http11 = match version {
-        b"HTTP/1.1" => true,
-        b"HTTP/1.0" => false,
-        v if v.starts_with(b"HTTP/") => {
-            return Err(ApiError::new(
-                505,
-                "only HTTP/1.0 and HTTP/1.1 are served: send the request as HTTP/1.1",
-            ));
-        }
-        _ => return Err(bad()),
-    };
-    // Both are ASCII: checked above.
-    Ok((
-        String::from_utf8_lossy(method).into_owned(),
-        String::from_utf8_lossy(target).into_owned(),
-        http11,
-    ))
-}
-
-fn header_line(raw: &[u8]) -> Result<(String, String), ApiError> {
-    let bad = |why: &str| ApiError::bad_request(format!("malformed header line: {why}"));
-    if raw[0] == b' ' || raw[0] == b'\t' {
-        return Err(bad(
-            "folded header lines are not accepted, send each on one line",
+        return Err(ApiError::new(
+            505,
+            "only HTTP/1.0 and HTTP/1.1 are served: send the request as HTTP/1.1",
         ));
     }
-    let colon = raw
-        .iter()
-        .position(|&c| c == b':')
-        .ok_or_else(|| bad("a header needs \"Name: value\""))?;
-    let name = &raw[..colon];
-    if !is_token(name) {
-        return Err(bad("the header name is not a token"));
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADER_LINES];
+    let mut parsed = httparse::Request::new(&mut slots);
+    match parsed.parse(&head[scan.head_start..]) {
+        Ok(httparse::Status::Complete(_)) => {}
+        // The scan found the blank line, so httparse sees the whole head.
+        Ok(httparse::Status::Partial) => return Err(bad_line()),
+        Err(httparse::Error::TooManyHeaders) => return Err(too_many_headers()),
+        Err(
+            httparse::Error::HeaderName | httparse::Error::HeaderValue | httparse::Error::NewLine,
+        ) if scan.header_lines > 0 => return Err(bad_header()),
+        Err(_) => return Err(bad_line()),
     }
-    let value = String::from_utf8_lossy(&raw[colon + 1..])
-        .trim_matches([' ', '\t'])
-        .to_string();
-    Ok((String::from_utf8_lossy(name).to_ascii_lowercase(), value))
+    let (Some(method), Some(target), Some(version)) = (parsed.method, parsed.path, parsed.version)
+    else {
+        return Err(bad_line());
+    };
+    // httparse takes bytes past ASCII in the target; no route has them, and they are not logged.
+    if target.bytes().any(|c| c.is_ascii_control() || c > 0x7e) {
+        return Err(bad_line());
+    }
+    let headers = parsed
+        .headers
+        .iter()
+        .map(|h| {
+            let value = std::str::from_utf8(h.value).map_err(|_| {
+                ApiError::bad_request(format!(
+                    "the value of header {:?} is not UTF-8: send it as ASCII",
+                    h.name
+                ))
+            })?;
+            Ok((
+                h.name.to_ascii_lowercase(),
+                value.trim_matches([' ', '\t']).to_string(),
+            ))
+        })
+        .collect::<Result<_, ApiError>>()?;
+    Ok(Head {
+        method: method.to_string(),
+        target: target.to_string(),
+        http11: version == 1,
+        headers,
+        len: head.len(),
+    })
+}
+
+fn bad_header() -> ApiError {
+    ApiError::bad_request(
+        "malformed header line: send each header as \"Name: value\" on one line, with a token as the name and no NUL, CR or LF in the value",
+    )
+}
+
+fn trim_cr(b: &[u8]) -> &[u8] {
+    b.strip_suffix(b"\r").unwrap_or(b)
 }
 
 #[cfg(test)]
@@ -370,5 +394,122 @@ mod tests {
             head("GET / HTTP/1.1\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n\r\n");
         assert!(!up.keep_alive());
         assert_eq!(up.body_length().unwrap(), 0);
+    }
+
+    /// Feeds `buf` to one scan in pieces cut at `cuts`, as a server reading it would.
+    fn in_pieces(buf: &[u8], cuts: &[usize]) -> Result<Option<Head>, ApiError> {
+        let mut scan = HeadScan::default();
+        for &cut in cuts.iter().chain([&buf.len()]) {
+            if let Some(len) = scan.scan(&buf[..cut])? {
+                return parse_scanned(&buf[..len], &scan).map(Some);
+            }
+        }
+        Ok(None)
+    }
+
+    /// The answer (a head's length, "more", or a status) for `buf` whole.
+    fn outcome(r: Result<Option<Head>, ApiError>) -> Result<Option<usize>, u16> {
+        r.map(|h| h.map(|h| h.len)).map_err(|e| e.status)
+    }
+
+    /// Heads at, and one byte past, each bound.
+    fn heads_at_the_bounds() -> Vec<Vec<u8>> {
+        let line = |target_len: usize| {
+            // "GET " + target + " HTTP/1.1" is the request line.
+            let mut l = b"GET /".to_vec();
+            l.resize(4 + target_len, b'a');
+            l.extend_from_slice(b" HTTP/1.1\r\n");
+            l
+        };
+        let exact_line = line(MAX_REQUEST_LINE - 13);
+        assert_eq!(exact_line.len(), MAX_REQUEST_LINE + 2);
+        let headers = |total: usize| {
+            // One header line "X: aaa...\r\n" of `total` bytes.
+            let mut h = b"X: ".to_vec();
+            h.resize(total - 2, b'a');
+            h.extend_from_slice(b"\r\n");
+            h
+        };
+        let mut out = Vec::new();
+        for (l, h) in [
+            (MAX_REQUEST_LINE - 13, 20),
+            (MAX_REQUEST_LINE - 12, 20),
+            (10, MAX_HEADER_BYTES),
+            (10, MAX_HEADER_BYTES + 1),
+        ] {
+            let mut head = line(l);
+            head.extend(headers(h));
+            head.extend_from_slice(b"\r\n");
+            out.push(head);
+        }
+        out
+    }
+
+    #[test]
+    fn a_bound_gives_the_same_answer_however_the_bytes_are_split() {
+        let expected = [
+            Ok(Some(MAX_REQUEST_LINE + 2 + 22)),
+            Err(431),
+            Ok(Some(4 + 10 + 11 + MAX_HEADER_BYTES + 2)),
+            Err(431),
+        ];
+        for (head, want) in heads_at_the_bounds().iter().zip(expected) {
+            assert_eq!(outcome(parse_head(head)), want);
+            // A read ending just after each CR, just before it, and a byte at a time.
+            let crs: Vec<usize> = (0..head.len()).filter(|&i| head[i] == b'\r').collect();
+            assert_eq!(
+                outcome(in_pieces(
+                    head,
+                    &crs.iter().map(|i| i + 1).collect::<Vec<_>>()
+                )),
+                want
+            );
+            assert_eq!(outcome(in_pieces(head, &crs)), want);
+            let every: Vec<usize> = (1..head.len()).collect();
+            assert_eq!(outcome(in_pieces(head, &every)), want);
+        }
+        // Small heads split at every point, including bare LFs and leading empty lines.
+        for text in [
+            "GET /x HTTP/1.1\r\nHost: h\r\n\r\n",
+            "\r\n\nPOST / HTTP/1.0\nA: b\n\n",
+            "GET / HTTP/1.1\r\nNo colon\r\n\r\n",
+            "GET / HTTP/2.0\r\n\r\n",
+        ] {
+            let whole = outcome(parse_head(text.as_bytes()));
+            for cut in 0..text.len() {
+                assert_eq!(
+                    outcome(in_pieces(text.as_bytes(), &[cut])),
+                    whole,
+                    "{text:?} cut at {cut}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn what_httparse_rejects_is_400() {
+        for bad in [
+            &b"GET / HTTP/1.1\r\nX: a\0b\r\n\r\n"[..],
+            b"GET / HTTP/1.1\r\nX: a\rb\r\n\r\n",
+            b"GET / HTTP/1.1\r\nX: \x01\r\n\r\n",
+            b"GET / HTTP/1.1\r\nX: a\x7fb\r\n\r\n",
+            b"GET / HTTP/1.1\r\n: empty name\r\n\r\n",
+            b"GET / HTTP/1.1\r\nX\x00Y: a\r\n\r\n",
+            b"GET /a\x01b HTTP/1.1\r\n\r\n",
+            b"GET /\xff HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/1.1\rX: a\r\n\r\n",
+            b"GET\t/ HTTP/1.1\r\n\r\n",
+            b" GET / HTTP/1.1\r\n\r\n",
+            b"GET / http/1.1\r\n\r\n",
+        ] {
+            assert_eq!(status(bad), 400, "{:?}", String::from_utf8_lossy(bad));
+        }
+        // Bytes past ASCII in a value are kept as they came only if they are UTF-8: any other
+        // would have to be widened (three bytes each) to become text.
+        let e = parse_head(b"GET / HTTP/1.1\r\nX: \xff\xfe\r\n\r\n").unwrap_err();
+        assert_eq!(e.status, 400);
+        assert!(e.message.contains("not UTF-8"), "{}", e.message);
+        let h = head("GET / HTTP/1.1\r\nX: caf\u{e9}\t\r\n\r\n");
+        assert_eq!(h.header("x"), Some("caf\u{e9}"));
     }
 }

@@ -36,6 +36,15 @@ pub const GROUP: Group = Group {
             "a_socket_restricted_to_one_address",
             a_socket_restricted_to_one_address,
         ),
+        ("attack_memory_500_heads_of_0xff", attack_memory),
+        ("attack_600_idle_connections", attack_idle),
+        ("attack_slow_readers_pipelining", attack_slow_readers),
+        ("attack_heads_a_byte_at_a_time", attack_trickle),
+        ("attack_all_at_once", attack_all_at_once),
+        (
+            "idle_exit_answers_requests_in_flight",
+            idle_exit_answers_requests_in_flight,
+        ),
     ],
 };
 
@@ -361,5 +370,196 @@ fn a_socket_restricted_to_one_address(s: &Sandbox) -> Result<()> {
     );
     s.ok("systemctl revert shutdown-service.socket && systemctl restart shutdown-service.socket")?;
     s.get(":5001/health")?.expect(200)?;
+    Ok(())
+}
+
+/// Seconds each attack lasts.
+const ATTACK_SECONDS: u32 = 30;
+
+/// Connections of each kind in an attack (see hostile.py's `attack`).
+#[derive(Clone, Copy)]
+struct Attack {
+    memory: u32,
+    idle: u32,
+    slow: u32,
+    trickle: u32,
+}
+
+/// Runs `attack` against both services at once for [`ATTACK_SECONDS`], and checks what the
+/// security order asks of each: never killed nor restarted, peak memory under 64 MiB, `/health`
+/// from a fresh connection under 100 ms at p99 and under 1 s at worst, fewer than 16 tasks.
+fn attack_both(s: &Sandbox, what: &str, attack: Attack) -> Result<()> {
+    hostile(s, "upgrade 5001")?; // copies the script in
+    let pids = PORTS
+        .iter()
+        .map(|&(port, unit)| running(s, port, unit))
+        .collect::<Result<Vec<_>>>()?;
+    let results = std::thread::scope(|scope| {
+        let runs: Vec<_> = PORTS
+            .iter()
+            .zip(&pids)
+            .map(|(&(port, _), pid)| {
+                let Attack {
+                    memory,
+                    idle,
+                    slow,
+                    trickle,
+                } = attack;
+                let cmd = format!(
+                    "ulimit -n 4096 && python3 /root/hostile.py attack {port} {ATTACK_SECONDS} {pid} {memory} {idle} {slow} {trickle}"
+                );
+                scope.spawn(move || s.ok(&cmd))
+            })
+            .collect();
+        runs.into_iter()
+            .map(|r| {
+                r.join()
+                    .map_err(|_| anyhow::anyhow!("attack thread panicked"))?
+            })
+            .collect::<Result<Vec<_>>>()
+    })?;
+    for ((&(port, unit), pid), out) in PORTS.iter().zip(&pids).zip(results) {
+        let kv: HashMap<String, String> = out
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        eprintln!("   {unit} under {what}: {kv:?}");
+        let tasks = s.prop(&format!("{unit}.service"), "TasksCurrent")?;
+        ensure!(num(&kv, "probes")? >= 100.0, "too few probes: {kv:?}");
+        ensure_eq!(
+            kv["failed"],
+            "0",
+            "{unit}: failed /health probes under {what}"
+        );
+        ensure!(
+            num(&kv, "p99_ms")? < 100.0 && num(&kv, "max_ms")? < 1000.0,
+            "{unit}: /health p99 {} ms, worst {} ms under {what} (limits 100 ms, 1 s)",
+            kv["p99_ms"],
+            kv["max_ms"]
+        );
+        ensure!(
+            num(&kv, "peak_kb")? < 64.0 * 1024.0,
+            "{unit}: peak memory {} KiB ({}) under {what} (limit 64 MiB)",
+            kv["peak_kb"],
+            kv["peak_source"]
+        );
+        ensure!(
+            num(&kv, "max_threads")? < 16.0,
+            "{unit}: {} threads under {what}",
+            kv["max_threads"]
+        );
+        // Without a pids controller (cgroup v1 in the container) systemd reports no number.
+        if let Ok(tasks) = tasks.parse::<u64>() {
+            ensure!(tasks < 16, "{unit}: TasksCurrent={tasks} after {what}");
+        }
+        ensure!(
+            s.prop(&format!("{unit}.service"), "Result")? != "oom-kill",
+            "{unit} was OOM-killed"
+        );
+        survived(s, port, unit, pid)?;
+    }
+    Ok(())
+}
+
+fn attack_memory(s: &Sandbox) -> Result<()> {
+    let attack = Attack {
+        memory: 500,
+        idle: 0,
+        slow: 0,
+        trickle: 0,
+    };
+    attack_both(
+        s,
+        "500 heads of 65 KB with almost all of a 64 KiB body",
+        attack,
+    )
+}
+
+fn attack_idle(s: &Sandbox) -> Result<()> {
+    let attack = Attack {
+        memory: 0,
+        idle: 600,
+        slow: 0,
+        trickle: 0,
+    };
+    attack_both(s, "600 idle connections, reopened", attack)
+}
+
+fn attack_slow_readers(s: &Sandbox) -> Result<()> {
+    let attack = Attack {
+        memory: 0,
+        idle: 0,
+        slow: 20,
+        trickle: 0,
+    };
+    attack_both(s, "20 pipelining readers with a 1-byte buffer", attack)
+}
+
+fn attack_trickle(s: &Sandbox) -> Result<()> {
+    let attack = Attack {
+        memory: 0,
+        idle: 0,
+        slow: 0,
+        trickle: 20,
+    };
+    attack_both(s, "20 heads sent a byte at a time", attack)
+}
+
+fn attack_all_at_once(s: &Sandbox) -> Result<()> {
+    let attack = Attack {
+        memory: 500,
+        idle: 600,
+        slow: 20,
+        trickle: 20,
+    };
+    attack_both(s, "every attack at once", attack)
+}
+
+/// The README's drop-in for the idle timeout, written where `systemctl edit` writes it
+/// (`override.conf` in the unit's `.d` folder), then the reload that `systemctl edit` does.
+fn set_idle_timeout(s: &Sandbox, service: &str, secs: Option<u32>) -> Result<()> {
+    let dir = format!("/etc/systemd/system/{service}.d");
+    match secs {
+        Some(secs) => s.ok(&format!(
+            "mkdir -p {dir} && printf '[Service]\\nEnvironment=HOMELAB_IDLE_TIMEOUT={secs}\\n' > {dir}/override.conf && systemctl daemon-reload"
+        ))?,
+        None => s.ok(&format!(
+            "rm -f {dir}/override.conf && rmdir --ignore-fail-on-non-empty {dir} && systemctl daemon-reload"
+        ))?,
+    };
+    Ok(())
+}
+
+/// Requests begun when the idle timer runs (half their head sent) get their answer: the service
+/// stops accepting, answers them, and only then exits; the next request starts it again.
+fn idle_exit_answers_requests_in_flight(s: &Sandbox) -> Result<()> {
+    hostile(s, "upgrade 5001")?; // copies the script in
+    for (port, unit) in PORTS {
+        let service = format!("{unit}.service");
+        set_idle_timeout(s, &service, Some(2))?;
+        s.ok(&format!("systemctl stop {service}"))?;
+        running(s, port, unit)?;
+        let kv = hostile(s, &format!("inflight {port} 5 {service}"))?;
+        ensure_eq!(
+            kv["state"],
+            "deactivating",
+            "{unit} did not begin its idle exit: {kv:?}"
+        );
+        ensure_eq!(
+            kv["answered"],
+            "5",
+            "{unit}: requests answered at the idle exit"
+        );
+        wait_for(
+            &format!("{service} to end its idle exit"),
+            Duration::from_secs(15),
+            || Ok(s.active_state(&service)? == "inactive"),
+        )?;
+        ensure_eq!(s.prop(&service, "Result")?, "success");
+        s.get(&format!(":{port}/health"))?.expect(200)?;
+        set_idle_timeout(s, &service, None)?;
+        s.ok(&format!("systemctl restart {service}"))?;
+    }
     Ok(())
 }
