@@ -3,7 +3,7 @@
 
 use super::budget::Budget;
 use super::conn::{Conn, Filled, LINGER, Phase};
-use super::server::{Activity, DRAIN_GRACE, FIRST_BYTE_TIMEOUT, REQUEST_DEADLINE, WRITE_DEADLINE};
+use super::timing::{Activity, DRAIN_GRACE, FIRST_BYTE_TIMEOUT, REQUEST_DEADLINE, WRITE_DEADLINE};
 use super::worker::{self, Job};
 use super::{ApiError, CHECKS_PASSED, Method, Request, Response, Service, parse};
 use crate::{log_notice, log_warn};

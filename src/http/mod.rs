@@ -9,6 +9,7 @@ mod conn;
 mod io;
 pub mod parse;
 pub mod server;
+mod timing;
 mod worker;
 
 use serde_json::{Value, json};

@@ -14,13 +14,14 @@
 
 use super::budget::{self, Budget};
 use super::io::Io;
+use super::timing::Activity;
 use super::worker::{Job, Worker};
 use super::{Service, conn::Conn};
 use crate::{log_info, log_warn, systemd};
 use std::io::Write;
 use std::net::TcpListener;
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -29,18 +30,6 @@ use std::time::{Duration, Instant};
 /// Most connections open at once. Each costs one descriptor and its buffer, which is drawn from
 /// the process-wide [`budget`] past a small allowance.
 pub const MAX_CONNECTIONS: usize = 512;
-/// Time a client has to send a whole request (head and body), from its connection or from the
-/// previous answer on it; past it the request is answered 408 and the connection closed.
-pub const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
-/// Time a new connection has to send its first byte; past it it is closed without an answer.
-/// Any client on a LAN sends its request at once; one that does not only holds a slot.
-pub const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(2);
-/// Time a client has to read an answer; past it the connection is closed. Only a slot and the
-/// answer's bytes wait for it, never a worker.
-pub const WRITE_DEADLINE: Duration = Duration::from_secs(10);
-/// At the exit, how long connections that sent nothing yet are kept, in case their request is
-/// on its way.
-pub const DRAIN_GRACE: Duration = Duration::from_millis(250);
 /// Complete requests waiting for a worker; past it a request is answered 503.
 const QUEUE: usize = 256;
 
@@ -88,34 +77,6 @@ pub fn parse_idle_timeout(value: Option<&str>) -> anyhow::Result<Option<Duration
                 "{IDLE_TIMEOUT_ENV}={v:?} is not a whole number of seconds: use e.g. {IDLE_TIMEOUT_ENV}=30, or 0 to never exit"
             ),
         },
-    }
-}
-
-/// When the last complete request came or was answered, and whether the service is stopping.
-pub struct Activity {
-    last: Mutex<Instant>,
-    pub stopping: AtomicBool,
-}
-
-impl Default for Activity {
-    fn default() -> Activity {
-        Activity {
-            last: Mutex::new(Instant::now()),
-            stopping: AtomicBool::new(false),
-        }
-    }
-}
-
-impl Activity {
-    pub fn touch(&self) {
-        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
-    }
-
-    fn idle_for(&self) -> Duration {
-        self.last
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .elapsed()
     }
 }
 
@@ -256,6 +217,7 @@ pub fn stop_signals() -> Option<nix::sys::signalfd::SignalFd> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::timing::{FIRST_BYTE_TIMEOUT, REQUEST_DEADLINE};
 
     #[test]
     fn idle_timeout_parsing() {

@@ -28,7 +28,7 @@ pub struct Worker {
     pub back: Sender<Conn>,
     pub wake: UnixStream,
     pub service: Arc<dyn Service>,
-    pub activity: Arc<super::server::Activity>,
+    pub activity: Arc<super::timing::Activity>,
     /// Requests handed to a worker and not yet given back: the I/O thread waits for them before
     /// it ends.
     pub in_flight: Arc<AtomicUsize>,
