@@ -14,8 +14,7 @@ pub const SOCKET: &str = "/run/brain-in-jar/admission.sock";
 /// `status=78/CONFIG`); the experiment units have `RestartPreventExitStatus=78`.
 pub const EXIT_REFUSED: u8 = 78;
 /// The gate as installed beside the other binaries (the Makefile's BINDIR, compiled in): the
-/// first main process of the template's and of transient units, and the executable the
-/// coordinator checks a gate's `/proc/PID/exe` against.
+/// first main process of the template's and of transient units.
 pub const GATE: &str = concat!(env!("HOMELAB_BINDIR"), "/brain-admit");
 /// The gate's process name (`/proc/PID/comm`). Any process may take it (`prctl`), so it only
 /// tells `brainctl status` which experiments to show as queued; the coordinator never trusts it.

@@ -131,9 +131,10 @@ impl Coordinator {
                 )));
                 continue;
             }
+            // Recorded before the gate hears it: once told, its process is the experiment.
+            self.admissions.record(&unit, q.gate.since_usec);
             if q.gate.tell(&Answer::Admitted) {
                 log_info!("admitted {unit}");
-                self.admissions.record(&unit, q.gate.since_usec);
                 let env_changed = self.env_changed(&unit);
                 self.memory.insert(
                     unit.clone(),
@@ -143,6 +144,9 @@ impl Coordinator {
                     },
                 );
                 running_units.push(unit);
+            } else {
+                // Gone before it heard (its unit stopped): a new gate of it is not admitted.
+                self.admissions.forget(&unit);
             }
         }
         for (unit, why) in plan.refuse {

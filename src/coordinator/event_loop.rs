@@ -63,7 +63,14 @@ pub fn run(config_path: &Path, sd: Arc<dyn Systemd>) -> anyhow::Result<()> {
         log_info!("reading GPU temperatures through NVML");
     }
     let watchdog = sd_notify::watchdog_enabled();
-    c.recall_admissions();
+    c.admissions =
+        super::identity::Admissions::kept_in(Path::new(super::identity::ADMISSIONS_FILE));
+    if !c.admissions.is_empty() {
+        log_info!(
+            "{} experiments were admitted before this start",
+            c.admissions.len()
+        );
+    }
     c.check_temperature();
     // A previous instance may have left the slice throttled or frozen (it was stopped or
     // restarted while hot): bring the slice in line with the state now.

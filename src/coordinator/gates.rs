@@ -48,8 +48,7 @@ pub fn accept(listener: UnixListener, mut deliver: impl FnMut(Gate) -> bool) {
         if stream.set_nonblocking(true).is_err() {
             continue;
         }
-        let judged =
-            Peer::of(&stream).and_then(|peer| identity::judge(&peer, identity::installed_gate()));
+        let judged = Peer::of(&stream).and_then(|peer| identity::judge(&peer));
         match judged {
             Ok(c) => {
                 let gate = Gate {

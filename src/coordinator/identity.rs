@@ -1,13 +1,16 @@
 //! Who a connection to the admission socket speaks for, from what its process cannot forge:
-//! the kernel's peer credentials, the unit its cgroup is in, the executable it runs, and when
-//! it started. The name a process gives itself (`/proc/PID/comm`) is never trusted.
+//! the kernel's peer credentials, the unit its cgroup is in, its parent, and when it started.
+//! The name a process gives itself (`/proc/PID/comm`) is never trusted.
 //!
-//! A gate is the unit's main process (systemd's `MainPID`, checked by the event loop) running
-//! the installed [`GATE`]; a unit's main process is admitted once: [`Admissions`] keeps the
-//! unit and its main process's start time, so a process that `exec`s the gate again after it was
-//! admitted is refused, and a restart of the unit (a new main process) is a new admission.
+//! A gate is the unit's main process (systemd's `MainPID`, checked by the event loop), and a
+//! unit's main process is admitted once: [`Admissions`] keeps the unit and its main process's
+//! start time, in a file of root's own that outlives a restart of the coordinator, so a main
+//! process that asks again after it was admitted (an experiment that runs the gate again, or
+//! connects itself, whatever it calls itself) is refused and keeps counting, and a restart of
+//! the unit (a new main process) is a new admission. The record, not the executable, tells
+//! them apart: reading another user's `/proc/PID/exe` would take `CAP_SYS_PTRACE`, and an
+//! `exec` keeps the PID and the start time, so the record is what an experiment cannot undo.
 
-use crate::admission::GATE;
 use crate::experiment::config as experiments;
 use crate::systemd::procfs;
 use std::collections::HashMap;
@@ -20,8 +23,6 @@ pub struct Peer {
     pub pid: u32,
     /// The service its cgroup is in.
     pub unit: Option<String>,
-    /// The executable it runs (`/proc/PID/exe`), or why it cannot be read.
-    pub exe: Result<PathBuf, std::io::ErrorKind>,
     pub parent: Option<u32>,
     /// When it started, microseconds since the epoch.
     pub start_usec: Option<u64>,
@@ -37,7 +38,6 @@ impl Peer {
         Ok(Peer {
             pid,
             unit: procfs::unit_of_pid(pid),
-            exe: std::fs::read_link(format!("/proc/{pid}/exe")).map_err(|e| e.kind()),
             parent: procfs::parent(pid),
             start_usec: procfs::start_usec(pid),
         })
@@ -58,8 +58,7 @@ pub struct Candidate {
 pub enum NotAGate {
     /// Not a process of an experiment unit (or gone before it could be looked at).
     Stranger(String),
-    /// A process of an experiment unit that is not its gate: a child, or a main process that
-    /// runs something else than [`GATE`] (it may have named itself `brain-admit`).
+    /// A process of an experiment unit that is not its gate: a child of its main process.
     Impostor { unit: String, pid: u32, why: String },
 }
 
@@ -75,8 +74,9 @@ impl NotAGate {
 pub const ONLY_THE_MAIN_PROCESS: &str = "only the main process of an experiment unit is its gate";
 
 /// Judges a peer by the kernel's facts alone (the event loop then asks systemd for the unit's
-/// `MainPID`): an experiment unit's process, a child of the service manager, running `gate`.
-pub fn judge(peer: &Peer, gate: &Path) -> Result<Candidate, NotAGate> {
+/// `MainPID`, and the record whether it was admitted): an experiment unit's process, a child of
+/// the service manager.
+pub fn judge(peer: &Peer) -> Result<Candidate, NotAGate> {
     let unit = peer
         .unit
         .clone()
@@ -92,22 +92,6 @@ pub fn judge(peer: &Peer, gate: &Path) -> Result<Candidate, NotAGate> {
     if peer.parent != Some(1) {
         return Err(impostor(ONLY_THE_MAIN_PROCESS.into()));
     }
-    match &peer.exe {
-        Ok(exe) if runs(exe, gate) => {}
-        Ok(exe) => {
-            return Err(impostor(format!(
-                "{ONLY_THE_MAIN_PROCESS}, while it runs {}: this process runs {}",
-                gate.display(),
-                exe.display()
-            )));
-        }
-        Err(e) => {
-            return Err(impostor(format!(
-                "{ONLY_THE_MAIN_PROCESS}: cannot read the executable of process {}: {e}",
-                peer.pid
-            )));
-        }
-    }
     let start_usec = peer
         .start_usec
         .ok_or_else(|| NotAGate::Stranger("the process is gone".into()))?;
@@ -118,31 +102,49 @@ pub fn judge(peer: &Peer, gate: &Path) -> Result<Candidate, NotAGate> {
     })
 }
 
-/// Whether `exe` (a `/proc/PID/exe` link) is `gate`: the file, or the file that was there when
-/// the process started and has since been replaced (an upgrade: the kernel adds " (deleted)").
-/// Only root can write where the gate is installed, so either is the gate.
-pub fn runs(exe: &Path, gate: &Path) -> bool {
-    exe == gate
-        || exe.as_os_str().as_encoded_bytes()
-            == [gate.as_os_str().as_encoded_bytes(), b" (deleted)"].concat()
-}
-
-/// The installed gate, as [`judge`] compares it.
-pub fn installed_gate() -> &'static Path {
-    Path::new(GATE)
-}
+/// Where the coordinator keeps its record of admissions: its own runtime folder (root's, mode
+/// 0700, `RuntimeDirectoryPreserve=yes`), so the record outlives a restart of the coordinator
+/// and goes with a reboot, as the admissions it records do.
+pub const ADMISSIONS_FILE: &str = "/run/brain-coordinator/admitted.json";
 
 /// The units admitted, each with its main process's start time: the record that tells a gate
-/// from an admitted experiment that asks again.
+/// from an admitted experiment that asks again. Kept in a file when made with
+/// [`Admissions::kept_in`]; only the coordinator (root) writes or reads that file.
 #[derive(Debug, Default)]
 pub struct Admissions {
     units: HashMap<String, u64>,
+    file: Option<PathBuf>,
 }
 
 impl Admissions {
-    /// Records that `unit`'s main process, started at `start_usec`, was admitted.
+    /// The record kept in `file`, as the last instance left it (empty when there is none).
+    pub fn kept_in(file: &Path) -> Admissions {
+        Admissions {
+            units: crate::statefile::load(file),
+            file: Some(file.to_path_buf()),
+        }
+    }
+
+    /// Records that `unit`'s main process, started at `start_usec`, is admitted; written before
+    /// the gate is told, so that no instance of the coordinator can forget it.
     pub fn record(&mut self, unit: &str, start_usec: u64) {
         self.units.insert(unit.to_string(), start_usec);
+        self.save();
+    }
+
+    /// Forgets `unit` (its gate was gone before it heard its admission).
+    pub fn forget(&mut self, unit: &str) {
+        if self.units.remove(unit).is_some() {
+            self.save();
+        }
+    }
+
+    fn save(&self) {
+        if let Some(file) = &self.file
+            && let Err(e) = crate::statefile::save(file, &self.units)
+        {
+            crate::log_err!("cannot keep the record of admissions: {e:#}");
+        }
     }
 
     /// Whether this main process of `unit` was admitted already (a restart of the unit has a
@@ -153,7 +155,11 @@ impl Admissions {
 
     /// Forgets the units that no longer run.
     pub fn retain(&mut self, live: impl Fn(&str) -> bool) {
+        let before = self.units.len();
         self.units.retain(|u, _| live(u));
+        if self.units.len() != before {
+            self.save();
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -173,7 +179,6 @@ mod tests {
         Peer {
             pid: 4242,
             unit: Some("brain-experiment@a.service".into()),
-            exe: Ok(PathBuf::from("/usr/bin/brain-admit")),
             parent: Some(1),
             start_usec: Some(17),
         }
@@ -181,9 +186,8 @@ mod tests {
 
     #[test]
     fn the_main_process_running_the_gate_is_a_candidate() {
-        let gate = Path::new("/usr/bin/brain-admit");
         assert_eq!(
-            judge(&gate_peer(), gate),
+            judge(&gate_peer()),
             Ok(Candidate {
                 unit: "brain-experiment@a.service".into(),
                 pid: 4242,
@@ -193,53 +197,37 @@ mod tests {
     }
 
     #[test]
-    fn a_process_named_brain_admit_is_refused_by_its_executable() {
-        let gate = Path::new("/usr/bin/brain-admit");
-        // What prctl(PR_SET_NAME, "brain-admit") does not change.
-        let forger = Peer {
-            exe: Ok(PathBuf::from("/usr/bin/python3.11")),
-            ..gate_peer()
-        };
-        let err = judge(&forger, gate).unwrap_err();
-        assert!(
-            matches!(&err, NotAGate::Impostor { unit, .. } if unit == "brain-experiment@a.service")
-        );
-        assert!(err.why().starts_with(ONLY_THE_MAIN_PROCESS), "{err:?}");
-        assert!(err.why().contains("/usr/bin/python3.11"), "{err:?}");
-        // A gate that kept running through an upgrade of the package is still the gate.
-        let upgraded = Peer {
-            exe: Ok(PathBuf::from("/usr/bin/brain-admit (deleted)")),
-            ..gate_peer()
-        };
-        assert!(judge(&upgraded, gate).is_ok());
-        assert!(!runs(Path::new("/usr/bin/brain-admit2"), gate));
-        // An executable that cannot be read is no proof either.
-        let hidden = Peer {
-            exe: Err(std::io::ErrorKind::PermissionDenied),
-            ..gate_peer()
-        };
-        let why = judge(&hidden, gate).unwrap_err();
-        assert!(why.why().contains("permission denied"), "{why:?}");
+    fn the_record_outlives_the_coordinator_and_forgets_what_ended() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("admitted.json");
+        let mut record = Admissions::kept_in(&file);
+        assert!(record.is_empty());
+        record.record("brain-experiment@a.service", 17);
+        record.record("brain-experiment@b.service", 18);
+        // The next instance of the coordinator reads what this one recorded.
+        let mut next = Admissions::kept_in(&file);
+        assert!(next.admitted("brain-experiment@a.service", 17));
+        // A restart of the unit is a new main process: not admitted yet.
+        assert!(!next.admitted("brain-experiment@a.service", 99));
+        next.retain(|u| u == "brain-experiment@a.service");
+        next.forget("brain-experiment@a.service");
+        assert!(Admissions::kept_in(&file).is_empty());
     }
 
     #[test]
     fn children_and_strangers_are_refused() {
-        let gate = Path::new("/usr/bin/brain-admit");
         let child = Peer {
             parent: Some(4242),
             ..gate_peer()
         };
-        assert_eq!(
-            judge(&child, gate).unwrap_err().why(),
-            ONLY_THE_MAIN_PROCESS
-        );
+        assert_eq!(judge(&child).unwrap_err().why(), ONLY_THE_MAIN_PROCESS);
         for unit in [None, Some("sshd.service".to_string())] {
             let stranger = Peer {
                 unit,
                 ..gate_peer()
             };
             assert_eq!(
-                judge(&stranger, gate),
+                judge(&stranger),
                 Err(NotAGate::Stranger("not an experiment unit".into()))
             );
         }

@@ -7,7 +7,6 @@ use super::gates::Gate;
 use super::identity::Admissions;
 use super::nvml::Nvml;
 use super::policy::Thermal;
-use crate::admission::GATE;
 use crate::experiment::config::{
     self as experiments, Experiment, TEMPLATE_PATTERN, TRANSIENT_PATTERN,
 };
@@ -103,43 +102,6 @@ impl Coordinator {
                 log_warn!("{e}");
                 Vec::new()
             })
-    }
-
-    /// After a restart of the coordinator: the active units whose main process no longer runs
-    /// the gate were admitted (by an earlier instance), and are recorded so, so that one that
-    /// runs the gate again later is told apart from a gate that waits. Only active ones: a unit
-    /// still activating has had no answer, and its main process may not have become the gate
-    /// yet (systemd's own fork, before its `exec`). One batch of `MainPID` reads.
-    pub fn recall_admissions(&mut self) {
-        let units: Vec<UnitRow> = self
-            .experiments()
-            .into_iter()
-            .filter(UnitRow::is_up)
-            .collect();
-        let requests: Vec<_> = units
-            .iter()
-            .map(|u| (&u.path, &[Prop::MainPID][..]))
-            .collect();
-        let Ok(states) = self.sd.states(&requests) else {
-            return;
-        };
-        for (unit, state) in units.iter().zip(states) {
-            let Some(pid) = state.main_pid.filter(|&p| p > 0) else {
-                continue;
-            };
-            let exe = std::fs::read_link(format!("/proc/{pid}/exe"));
-            if exe.is_ok_and(|e| !super::identity::runs(&e, Path::new(GATE)))
-                && let Some(start) = crate::systemd::procfs::start_usec(pid)
-            {
-                self.admissions.record(&unit.name, start);
-            }
-        }
-        if !self.admissions.is_empty() {
-            log_info!(
-                "{} experiments were admitted before this start",
-                self.admissions.len()
-            );
-        }
     }
 
     /// When the `.env` of a template unit was last changed (`None`: a transient unit, or no file).

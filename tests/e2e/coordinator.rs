@@ -619,8 +619,8 @@ systemctl daemon-reload"
     let out = log("forger")?;
     ensure!(
         out.contains("named brain-admit")
-            && out.contains("forger got b'REFUSE only the main process of an experiment unit is its gate, while it runs"),
-        "the forger was not refused by its executable: {out}"
+            && out.contains("forger got b'REFUSE brain-experiment@forger.service was admitted already: its main process may not queue again"),
+        "the forger was not refused as the admitted process it is: {out}"
     );
     let coord = s.ok(&format!("journalctl -u {COORD} --no-pager -o cat"))?;
     ensure!(
