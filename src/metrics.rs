@@ -280,14 +280,12 @@ mod tests {
 
     #[test]
     fn textfile_is_written_only_when_changed() {
-        let dir = std::env::temp_dir().join(format!("homelab-metrics-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("homelab.prom");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("homelab.prom");
         assert!(write_textfile(&path, "a 1\n").unwrap());
         assert!(!write_textfile(&path, "a 1\n").unwrap());
         assert!(write_textfile(&path, "a 2\n").unwrap());
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "a 2\n");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

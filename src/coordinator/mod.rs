@@ -3,8 +3,8 @@
 //! what systemd runs, and the queue is the gates that wait, ordered by when their processes
 //! started, so the order survives a restart; what this process keeps in memory (connections,
 //! the status each gate was told, `MemoryMax` readings, the record of admitted units) is
-//! rebuilt after one (README, "Across a restart of the coordinator", says what is not
-//! promised). The decisions are pure, in [`policy`]; the rooms around it do their I/O:
+//! rebuilt after one (docs/coordinator.md, "Across a restart of the coordinator", says what
+//! is not promised). The decisions are pure, in [`policy`]; the rooms around it do their I/O:
 //! [`event_loop`] (the loop), [`gates`] (accepting), [`identity`] (who a connection speaks
 //! for), [`admit`] (admission and the inhibitor), [`heat`] (the thermal states' effects),
 //! [`report`] (status line and figures), [`state`] (what is held between events).

@@ -56,7 +56,7 @@ pub struct Policy {
 }
 
 impl Default for Policy {
-    /// Wait, at most six hours: see the README for why.
+    /// Wait, at most six hours: docs/shutdown.md ("When the machine is busy") says why.
     fn default() -> Policy {
         Policy {
             when_busy: WhenBusy::Wait,

@@ -335,13 +335,13 @@ fn curl_to(s: &Sandbox, url: &str) -> Result<std::process::Output> {
         .context("running curl")
 }
 
-/// The README's drop-in for listening on one address, applied with `systemctl edit`.
+/// docs/http-api.md's drop-in for listening on one address, applied with `systemctl edit`.
 fn a_socket_restricted_to_one_address(s: &Sandbox) -> Result<()> {
     std::fs::write(
         s.dir.join("root/listen.conf"),
         "[Socket]\nListenStream=\nListenStream=127.0.0.2:5001\n",
     )?;
-    // `systemctl edit` as the README says, the "editor" writing the file it is given last
+    // `systemctl edit` as docs/http-api.md says, the "editor" writing the file it is given last
     // (systemd 257 may pass a cursor position before it); systemctl wants a terminal.
     std::fs::write(
         s.dir.join("root/put-listen"),
@@ -516,7 +516,7 @@ fn attack_all_at_once(s: &Sandbox) -> Result<()> {
     attack_both(s, "every attack at once", attack)
 }
 
-/// The README's drop-in for the idle timeout, written where `systemctl edit` writes it
+/// docs/http-api.md's drop-in for the idle timeout, written where `systemctl edit` writes it
 /// (`override.conf` in the unit's `.d` folder), then the reload that `systemctl edit` does.
 fn set_idle_timeout(s: &Sandbox, service: &str, secs: Option<u32>) -> Result<()> {
     let dir = format!("/etc/systemd/system/{service}.d");

@@ -322,18 +322,17 @@ fn bad_inputs_are_400_and_change_nothing(s: &Sandbox) -> Result<()> {
     }
     let huge = format!(r#"{{"calendar": "{}"}}"#, "x".repeat(10 * 1024));
     send(s, "POST", "/shutdown/schedule", &huge)?.expect_error(400)?;
-    let mega = std::env::temp_dir().join(format!("homelab-e2e-1mb-{}", std::process::id()));
+    let mega = tempfile::NamedTempFile::new()?;
     std::fs::write(
-        &mega,
+        mega.path(),
         format!(r#"{{"minutes": 5, "pad": "{}"}}"#, "x".repeat(1024 * 1024)),
     )?;
     let r = send(
         s,
         "POST",
         "/shutdown/schedule",
-        &format!("@{}", mega.display()),
+        &format!("@{}", mega.path().display()),
     );
-    let _ = std::fs::remove_file(&mega);
     r?.expect_error(413)?;
     for id in [
         "..%2F..%2Fx",
