@@ -549,7 +549,7 @@ fn status_line_inhibitor_and_shutdown_status(s: &Sandbox) -> Result<()> {
         },
     )?;
     let out = s.sh(&format!(
-        "systemd-analyze verify {COORD} brain-experiment-coordinator.socket 2>&1"
+        "systemd-analyze verify --man=no {COORD} brain-experiment-coordinator.socket 2>&1"
     ))?;
     ensure!(
         out.status.success() && out.stdout.is_empty(),
