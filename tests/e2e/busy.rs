@@ -380,8 +380,8 @@ fn skip_skips_and_a_recurring_schedule_stays(s: &Sandbox) -> Result<()> {
     clear_schedules(s)
 }
 
-fn wait_holds_the_power_off_while_an_experiment_runs(s: &Sandbox) -> Result<()> {
-    clear_schedules(s)?;
+/// Starts experiment `w1` and waits until the coordinator holds its block inhibitor for it.
+pub(crate) fn run_an_experiment(s: &Sandbox) -> Result<()> {
     setup(s, "MAX_CONCURRENT_EXPERIMENTS=4", &[("w1", "128M")])?;
     s.ok("systemctl start brain-experiment@w1")?;
     wait_for(
@@ -394,7 +394,12 @@ fn wait_holds_the_power_off_while_an_experiment_runs(s: &Sandbox) -> Result<()> 
                     && l.contains("experiments running: w1")
             }))
         },
-    )?;
+    )
+}
+
+fn wait_holds_the_power_off_while_an_experiment_runs(s: &Sandbox) -> Result<()> {
+    clear_schedules(s)?;
+    run_an_experiment(s)?;
     let e = power_off_in(s, 3, r#", "when_busy": "wait""#)?;
     let id = e["id"].as_str().context("id")?.to_string();
     let waiting = wait_until_waiting(s, &id, "brain-experiment-coordinator")?;

@@ -6,7 +6,7 @@
 //! `systemctl stop brain-experiment.target` before `systemctl reboot` (now). Each reboot ends
 //! the container, which is booted again.
 
-use crate::coordinator::setup;
+use crate::busy::run_an_experiment;
 use crate::ensure_eq;
 use crate::harness::{Group, Sandbox, holds_for, wait_for};
 use crate::shutdown::{clear_schedules, send};
@@ -34,23 +34,6 @@ pub const GROUP: Group = Group {
 /// The systemd of the release under test (the harness sets `HOMELAB_SUITE`).
 fn honours_block_inhibitors_for_root() -> bool {
     std::env::var("HOMELAB_SUITE").as_deref() != Ok("bookworm")
-}
-
-/// Starts experiment `w1` and waits until the coordinator holds its block inhibitor for it.
-fn run_an_experiment(s: &Sandbox) -> Result<()> {
-    setup(s, "MAX_CONCURRENT_EXPERIMENTS=4", &[("w1", "128M")])?;
-    s.ok("systemctl start brain-experiment@w1")?;
-    wait_for(
-        "the coordinator's block inhibitor naming w1",
-        Duration::from_secs(15),
-        || {
-            Ok(s.ok("systemd-inhibit --list --no-pager")?.lines().any(|l| {
-                l.contains("brain-experiment-coordinator")
-                    && l.contains("block")
-                    && l.contains("experiments running: w1")
-            }))
-        },
-    )
 }
 
 /// Waits for the container to go down, boots it again and waits for the schedules' restore.
